@@ -1,0 +1,38 @@
+# Two commands set up a fresh machine:  make demo  (the offline main job)  and  make test  (the suite).
+# Each creates .venv when missing, installs torch==2.13.0 first (CPU wheel), then everything else
+# pinned by constraints.txt, with the core and all four plugins in editable mode.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PLUGINS := plugins/xt-alpaca plugins/xt-baichuan plugins/xt-llava plugins/xt-lmdeploy
+STAMP := $(VENV)/.xt-setup
+# DeepSpeed JIT-compiles a CPU comm op on first use; keep the build between runs.
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+
+.PHONY: setup test test-fast demo lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt $(addsuffix /pyproject.toml,$(PLUGINS))
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[qlora,dev]" $(addprefix -e ,$(PLUGINS))
+	$(BIN)/pip install -q -c constraints.txt --no-deps lmdeploy
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+demo: setup
+	$(BIN)/xt train --model baichuan2-tiny --dataset alpaca-demo --output runs/demo --overwrite
+	$(BIN)/xt chat runs/demo --prompt "$$($(BIN)/python -m xt_alpaca.demo_prompt)"
+
+lint: setup
+	$(BIN)/ruff check core plugins tests bench
+
+clean:
+	rm -rf $(VENV) .cache runs

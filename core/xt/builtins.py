@@ -1,0 +1,176 @@
+"""The core's own registrations, loaded as an ordinary plugin named ``xt.builtins``.
+
+A generic Hugging Face model loader (any hub id or local folder), a generic conversation dataset
+format (OpenAI-style ``messages`` and ShareGPT ``conversations``), neutral templates, the default
+collator and the ``hf`` exporter. Heavy imports happen inside the functions, never at import time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xt import hookimpl
+from xt.specs import BOS, EOS, CollatorSpec, DatasetSpec, ExporterSpec, ModelSpec, RowError, TemplateSpec
+
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
+
+
+def _load_hf_model(source: str, **kwargs: Any) -> Any:
+    from xt.model.loading import load_hf_causal_lm
+
+    return load_hf_causal_lm(source, **kwargs)
+
+
+def _load_hf_tokenizer(source: str, **kwargs: Any) -> Any:
+    from xt.model.loading import load_hf_tokenizer
+
+    return load_hf_tokenizer(source, **kwargs)
+
+
+def _text_of_content(content: Any, where: str) -> tuple[str, int]:
+    """OpenAI content (a string or a list of parts) -> text and the number of image parts."""
+    if isinstance(content, str):
+        return content, 0
+    if isinstance(content, list):
+        texts, images = [], 0
+        for part in content:
+            if not isinstance(part, dict) or "type" not in part:
+                raise RowError(f"{where}: content parts must be dicts with a 'type'")
+            if part["type"] == "text":
+                texts.append(str(part.get("text", "")))
+            elif part["type"] in ("image", "image_url"):
+                images += 1
+                texts.append("<image>")
+            else:
+                raise RowError(f"{where}: unsupported content part type {part['type']!r}")
+        return "".join(texts), images
+    raise RowError(f"{where}: content must be a string or a list of parts, got {type(content).__name__}")
+
+
+def map_conversation_row(row: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI-style ``messages`` or ShareGPT ``conversations`` -> the canonical conversation."""
+    if "messages" in row:
+        raw, role_key, text_key = row["messages"], "role", "content"
+    elif "conversations" in row:
+        raw, role_key, text_key = row["conversations"], "from", "value"
+    else:
+        raise RowError("row has neither 'messages' nor 'conversations'")
+    if not isinstance(raw, list) or not raw:
+        raise RowError("the message list is empty or not a list")
+    messages = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict) or role_key not in m or text_key not in m:
+            raise RowError(f"message {i} needs '{role_key}' and '{text_key}'")
+        role = _SHAREGPT_ROLES.get(str(m[role_key]).lower())
+        if role is None:
+            raise RowError(f"message {i} has unknown role {m[role_key]!r}")
+        text, _ = _text_of_content(m[text_key], f"message {i}")
+        messages.append({"role": role, "content": text})
+    if messages[-1]["role"] != "assistant" and not any(m["role"] == "assistant" for m in messages):
+        raise RowError("no assistant reply")
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant" and not m["content"].strip():
+            raise RowError(f"message {i} is an empty assistant reply")
+    conv: dict[str, Any] = {"messages": messages}
+    images = row.get("images", row.get("image"))
+    if images:
+        conv["images"] = images if isinstance(images, list) else [images]
+    return conv
+
+
+_SAMPLE_ROWS = [
+    {"messages": [{"role": "system", "content": "You are terse."},
+                  {"role": "user", "content": "Capital of France?"},
+                  {"role": "assistant", "content": "Paris."}]},
+    {"conversations": [{"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"},
+                       {"from": "human", "value": "and 3+3?"}, {"from": "gpt", "value": "6"}]},
+]
+
+
+@hookimpl
+def model_loader(register: Any) -> None:
+    register(ModelSpec(
+        name="hf",
+        aliases=("huggingface",),
+        description="Any transformers causal LM: pass a hub id (org/name) or a local folder as --model.",
+        load_model=_load_hf_model,
+        load_tokenizer=_load_hf_tokenizer,
+        default_template="default",
+    ))
+
+
+@hookimpl
+def dataset_map(register: Any) -> None:
+    register(DatasetSpec(
+        name="conversation",
+        aliases=("messages", "sharegpt", "openai"),
+        description="Chat rows as OpenAI-style 'messages' or ShareGPT 'conversations'; use with --data-files.",
+        map_row=map_conversation_row,
+        sample_rows=_SAMPLE_ROWS,
+    ))
+
+
+@hookimpl
+def prompt_template(register: Any) -> None:
+    register(TemplateSpec(
+        name="default",
+        description="Neutral role-tagged template: <|user|> ... <|assistant|> ... EOS.",
+        prefix=(BOS,),
+        system="<|system|>\n{system}\n",
+        user="<|user|>\n{content}\n<|assistant|>\n",
+        assistant="{content}",
+        assistant_end=(EOS,),
+        turn_sep="\n",
+    ))
+    register(TemplateSpec(
+        name="chatml",
+        description="ChatML framing (<|im_start|>role ... <|im_end|>); replies end with '<|im_end|>'.",
+        prefix=(),
+        system="<|im_start|>system\n{system}<|im_end|>\n",
+        user="<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n",
+        assistant="{content}",
+        assistant_end="<|im_end|>",
+        turn_sep="\n",
+        stop_words=("<|im_end|>",),
+    ))
+    register(TemplateSpec(
+        name="plain",
+        description="No framing: prompt and reply concatenated, reply ends with EOS (completion-style data).",
+        prefix=(BOS,),
+        system="{system}\n",
+        user="{content}",
+        assistant="{content}",
+        assistant_end=(EOS,),
+    ))
+
+
+def _default_collator(**options: Any) -> Any:
+    from xt.data.collate import make_default_collator
+
+    return make_default_collator(**options)
+
+
+@hookimpl
+def collate(register: Any) -> None:
+    register(CollatorSpec(
+        name="default",
+        description="Pads text samples (or concatenates packed rows) into input_ids, labels, attention_mask, position_ids.",
+        factory=_default_collator,
+    ))
+
+
+def _export_hf(run_dir: Any, out_dir: Any, **options: Any) -> Any:
+    from xt.export import export_hf
+
+    return export_hf(run_dir, out_dir, **options)
+
+
+@hookimpl
+def exporter(register: Any) -> None:
+    register(ExporterSpec(
+        name="hf",
+        aliases=("huggingface",),
+        description="A merged Hugging Face folder (safetensors, tokenizer, generation config, chat template).",
+        export=_export_hf,
+    ))

@@ -1,0 +1,86 @@
+"""The ``xt`` command. Imports no torch: heavy modules load inside the commands that need them."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any
+
+import click
+
+from xt import __version__
+from xt.errors import XtError
+
+# Built-in commands: name -> "module:attribute". Modules are imported only when needed.
+CORE_COMMANDS = {
+    "plugins": "xt.commands.info:plugins_command",
+    "list": "xt.commands.info:list_command",
+    "env": "xt.commands.info:env_command",
+    "plugin": "xt.commands.scaffold:plugin_group",
+    "data": "xt.commands.data:data_group",
+    "train": "xt.commands.train:train_command",
+    "chat": "xt.commands.chat:chat_command",
+    "merge": "xt.commands.chat:merge_command",
+    "export": "xt.commands.chat:export_command",
+}
+
+
+class XtGroup(click.Group):
+    """A click group whose core commands load lazily and which adds plugin commands on demand."""
+
+    _plugins_added = False
+
+    def _add_plugin_commands(self) -> None:
+        if self._plugins_added:
+            return
+        self._plugins_added = True
+        from xt.plugins import _report, get_plugin_manager
+
+        pm = get_plugin_manager()
+        for impl in pm.hook.register_commands.get_hookimpls():
+            try:
+                impl.function(cli=self)
+            except Exception as exc:
+                _report(f"plugin '{impl.plugin_name}': register_commands raised {type(exc).__name__}: {exc}")
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._add_plugin_commands()
+        return sorted(set(CORE_COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in CORE_COMMANDS and name not in self.commands:
+            module, attr = CORE_COMMANDS[name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        if name not in self.commands:
+            self._add_plugin_commands()
+        return self.commands.get(name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except XtError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            if os.environ.get("XT_DEBUG"):
+                raise
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=XtGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="xt")
+def cli() -> None:
+    """xt: fine-tune LLMs and vision-language models (LoRA, QLoRA, full; DeepSpeed) with plugins.
+
+    \b
+    Quick start (offline, CPU):
+      xt list models
+      xt train --model baichuan2-tiny --dataset alpaca-demo
+    """
+
+
+def main() -> None:
+    cli(prog_name="xt")
+
+
+if __name__ == "__main__":
+    main()

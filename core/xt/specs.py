@@ -1,0 +1,241 @@
+"""Typed specs that plugins register through the hooks in :mod:`xt.hookspecs`.
+
+Pure Python: importing this module imports no torch, so ``xt --help`` and ``xt list`` stay fast.
+``plugin`` is filled in by the registry with the distribution that registered the spec.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence, Union
+
+MODEL_KINDS = ("causal-lm", "vision-encoder", "multimodal")
+ROLES = ("system", "user", "assistant")
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+class RowError(ValueError):
+    """Raised by a dataset map for a row that does not fit; the message says why."""
+
+
+@dataclass
+class Spec:
+    """Fields every registration has."""
+
+    name: str
+    description: str = ""
+    aliases: Sequence[str] = ()
+    plugin: str = ""
+
+    def problems(self) -> list[str]:
+        """What is wrong with this registration (empty when well-formed)."""
+        out = []
+        for n in (self.name, *self.aliases):
+            if not isinstance(n, str) or not _NAME_RE.match(n):
+                out.append(f"name {n!r} must be lower-case letters, digits, '.', '_' or '-'")
+        return out
+
+
+@dataclass
+class ModelSpec(Spec):
+    """A model family, preset or encoder.
+
+    ``load_model(source, **kwargs)`` returns a ``torch.nn.Module``; kwargs are Hugging Face
+    ``from_pretrained`` arguments (``dtype``, ``attn_implementation``, ``quantization_config`` ...).
+    ``load_tokenizer(source)`` returns a tokenizer (or processor for multimodal models).
+    ``config()`` returns the architecture's ``PretrainedConfig`` without downloading weights, so a
+    dry run can count parameters offline. ``source`` None means the loader needs no files (a preset
+    built from a config).
+    """
+
+    source: str | None = None
+    kind: str = "causal-lm"
+    load_model: Callable[..., Any] | None = None
+    load_tokenizer: Callable[..., Any] | None = None
+    config: Callable[[], Any] | None = None
+    lora_targets: Union[Sequence[str], str] = "all-linear"
+    default_template: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if self.kind not in MODEL_KINDS:
+            out.append(f"kind {self.kind!r} is not one of {', '.join(MODEL_KINDS)}")
+        for attr in ("load_model", "load_tokenizer", "config"):
+            value = getattr(self, attr)
+            if value is not None and not callable(value):
+                out.append(f"{attr} must be callable")
+        if not isinstance(self.lora_targets, str) and not all(isinstance(t, str) for t in self.lora_targets):
+            out.append("lora_targets must be 'all-linear' or a list of module names")
+        return out
+
+
+@dataclass
+class DatasetSpec(Spec):
+    """A dataset: where rows come from and how one row becomes a conversation.
+
+    Rows come from ``generate(split, seed)`` when given, else ``data_files`` (local paths or globs),
+    else ``source`` (a hub dataset id with ``load_kwargs``). ``map_row(row)`` returns
+    ``{"messages": [{"role", "content"}...], "images"?: [...]}`` or raises :class:`RowError`.
+    ``scorer(prediction, reference)`` (optional) returns 1.0 for a correct generation, used by eval.
+    """
+
+    map_row: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    source: str | None = None
+    data_files: Sequence[str] = ()
+    load_kwargs: dict[str, Any] = field(default_factory=dict)
+    generate: Callable[..., list[dict[str, Any]]] | None = None
+    splits: Sequence[str] = ("train",)
+    sample_rows: Sequence[dict[str, Any]] = ()
+    default_template: str | None = None
+    scorer: Callable[[str, str], float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if not callable(self.map_row):
+            out.append("map_row is required and must be callable")
+        if self.generate is not None and not callable(self.generate):
+            out.append("generate must be callable")
+        if self.scorer is not None and not callable(self.scorer):
+            out.append("scorer must be callable")
+        return out
+
+
+class SpecialToken(str):
+    """A template part that stands for the tokenizer's own BOS or EOS token."""
+
+
+BOS = SpecialToken("bos")
+EOS = SpecialToken("eos")
+
+#: One piece of a template part: text (may hold ``{content}`` / ``{system}``), a token id, BOS or EOS.
+Piece = Union[str, int, SpecialToken]
+Part = Union[str, Sequence[Piece]]
+
+
+@dataclass
+class TemplateSpec(Spec):
+    """A chat template, as parts made of text, literal token ids, ``BOS`` and ``EOS``.
+
+    A conversation renders as ``prefix``, then ``system`` (when there is a system message or a
+    ``default_system``), then for each turn ``user`` (the prompt, no loss), ``assistant`` followed
+    by ``assistant_end`` (both carry loss) and ``turn_sep`` (no loss). ``{content}`` in ``user`` /
+    ``assistant`` and ``{system}`` in ``system`` are replaced by the message text. Generation stops
+    at the token ids in ``assistant_end`` and at ``stop_words``.
+    """
+
+    user: Part = "{content}"
+    assistant: Part = "{content}"
+    assistant_end: Part = (EOS,)
+    system: Part = "{system}"
+    prefix: Part = (BOS,)
+    turn_sep: Part = ""
+    default_system: str | None = None
+    stop_words: Sequence[str] = ()
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if "{content}" not in _text_of(self.user):
+            out.append("user part must contain '{content}'")
+        if "{content}" not in _text_of(self.assistant):
+            out.append("assistant part must contain '{content}'")
+        if "{system}" not in _text_of(self.system):
+            out.append("system part must contain '{system}'")
+        return out
+
+    # Rendering lives in xt.template; these delegate so callers hold one object.
+    def encode(self, conversation: dict[str, Any], tokenizer: Any) -> dict[str, list[int]]:
+        """Conversation -> ``{"input_ids", "labels"}`` (labels -100 outside assistant replies)."""
+        from xt.template import encode_conversation
+
+        return encode_conversation(self, conversation, tokenizer)
+
+    def encode_prompt(self, messages: Sequence[dict[str, Any]], tokenizer: Any) -> list[int]:
+        """Messages ending with a user turn -> prompt ids ending where the assistant reply starts."""
+        from xt.template import encode_prompt
+
+        return encode_prompt(self, messages, tokenizer)
+
+    def stop_token_ids(self, tokenizer: Any) -> list[int]:
+        """Token ids that end an assistant reply (generation stops on them)."""
+        from xt.template import stop_token_ids
+
+        return stop_token_ids(self, tokenizer)
+
+
+def _text_of(part: Part) -> str:
+    if isinstance(part, str) and not isinstance(part, SpecialToken):
+        return part
+    return "".join(p for p in part if isinstance(p, str) and not isinstance(p, SpecialToken))
+
+
+@dataclass
+class CollatorSpec(Spec):
+    """A collator: ``factory(tokenizer=..., **options)`` -> ``fn(samples) -> dict of tensors``."""
+
+    factory: Callable[..., Callable[[list[dict[str, Any]]], dict[str, Any]]] | None = None
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if not callable(self.factory):
+            out.append("factory is required and must be callable")
+        return out
+
+
+@dataclass
+class ExporterSpec(Spec):
+    """An export target: ``export(run_dir, out_dir, **options)`` writes a deployable folder."""
+
+    export: Callable[..., Any] | None = None
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if not callable(self.export):
+            out.append("export is required and must be callable")
+        return out
+
+
+def conversation_problems(conv: Any) -> list[str]:
+    """What is wrong with a canonical conversation (empty when valid)."""
+    if not isinstance(conv, dict):
+        return [f"a conversation must be a dict, got {type(conv).__name__}"]
+    msgs = conv.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        return ["'messages' must be a non-empty list"]
+    out = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            out.append(f"message {i} must be a dict")
+            continue
+        if m.get("role") not in ROLES:
+            out.append(f"message {i} has role {m.get('role')!r}, expected one of {', '.join(ROLES)}")
+        if not isinstance(m.get("content"), str):
+            out.append(f"message {i} content must be a string")
+        elif m.get("role") == "assistant" and not m["content"].strip():
+            out.append(f"message {i} is an empty assistant reply")
+        if m.get("role") == "system" and i != 0:
+            out.append(f"message {i}: a system message may only come first")
+    if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in msgs):
+        out.append("no assistant reply to learn from")
+    if "images" in conv and not isinstance(conv["images"], list):
+        out.append("'images' must be a list")
+    return out
+
+
+SPEC_KINDS: dict[str, type[Spec]] = {
+    "models": ModelSpec,
+    "datasets": DatasetSpec,
+    "templates": TemplateSpec,
+    "collators": CollatorSpec,
+    "exporters": ExporterSpec,
+}
+HOOK_OF_KIND = {
+    "models": "model_loader",
+    "datasets": "dataset_map",
+    "templates": "prompt_template",
+    "collators": "collate",
+    "exporters": "exporter",
+}

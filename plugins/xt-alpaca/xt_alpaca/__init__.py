@@ -1,0 +1,1 @@
+"""xt-alpaca: Alpaca-format datasets, the Alpaca template and an offline demo dataset for xt."""

@@ -1,0 +1,3 @@
+"""The xt hooks of xt-alpaca (entry point ``alpaca``). Imports no torch."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""The xt hooks of xt-llava (entry point ``llava``). Imports no torch."""
+
+from __future__ import annotations

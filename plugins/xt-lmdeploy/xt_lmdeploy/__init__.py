@@ -1,0 +1,1 @@
+"""xt-lmdeploy: Export xt runs for serving with LMDeploy (TurboMind / PyTorch engine)."""

@@ -1,0 +1,3 @@
+"""The xt hooks of xt-lmdeploy (entry point ``lmdeploy``). Imports no torch."""
+
+from __future__ import annotations
