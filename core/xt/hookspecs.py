@@ -17,7 +17,8 @@ to load (``PluginManager.check_pending``), so a misspelled hook is never silentl
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 

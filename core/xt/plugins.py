@@ -12,9 +12,10 @@ import difflib
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Iterator
+from typing import Any
 
 import pluggy
 
@@ -49,7 +50,7 @@ class PluginInfo:
 _pm: pluggy.PluginManager | None = None
 _infos: dict[str, PluginInfo] = {}
 _reported: set[str] = set()
-_registry: "Registry | None" = None
+_registry: Registry | None = None
 _registry_key: tuple | None = None
 
 
@@ -231,9 +232,9 @@ def _collect(pm: pluggy.PluginManager) -> Registry:
             collected: list[Spec] = []
 
             def register(spec: Any, _c: list = collected, _t: type = spec_type, _d: str = dist,
-                         _p: str = impl.plugin_name) -> None:
+                         _h: str = hook_name) -> None:
                 if not isinstance(spec, _t):
-                    raise TypeError(f"{hook_name} must register {_t.__name__} objects, got {type(spec).__name__}")
+                    raise TypeError(f"{_h} must register {_t.__name__} objects, got {type(spec).__name__}")
                 problems = spec.problems()
                 if problems:
                     raise ValueError(f"{_t.__name__} '{getattr(spec, 'name', '?')}' is malformed: {'; '.join(problems)}")

@@ -7,8 +7,9 @@ Pure Python: importing this module imports no torch, so ``xt --help`` and ``xt l
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Union
 
 MODEL_KINDS = ("causal-lm", "vision-encoder", "multimodal")
 ROLES = ("system", "user", "assistant")
@@ -55,7 +56,7 @@ class ModelSpec(Spec):
     load_model: Callable[..., Any] | None = None
     load_tokenizer: Callable[..., Any] | None = None
     config: Callable[[], Any] | None = None
-    lora_targets: Union[Sequence[str], str] = "all-linear"
+    lora_targets: Sequence[str] | str = "all-linear"
     default_template: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -112,8 +113,8 @@ BOS = SpecialToken("bos")
 EOS = SpecialToken("eos")
 
 #: One piece of a template part: text (may hold ``{content}`` / ``{system}``), a token id, BOS or EOS.
-Piece = Union[str, int, SpecialToken]
-Part = Union[str, Sequence[Piece]]
+Piece = Union[str, int, SpecialToken]  # noqa: UP007 (runtime alias on Python 3.10)
+Part = Union[str, Sequence[Piece]]  # noqa: UP007
 
 
 @dataclass

@@ -7,7 +7,8 @@ chat prompts and eval prompts, so training and inference frame text identically.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from xt.errors import XtError
 from xt.specs import SpecialToken, TemplateSpec, conversation_problems
@@ -75,7 +76,9 @@ def encode_conversation(template: TemplateSpec, conversation: dict[str, Any], to
         if message["role"] == "user":
             add(encode_part(template.user, tokenizer, content=message["content"]), False)
         else:
-            add(encode_part(template.assistant, tokenizer, content=message["content"]), True)
+            head, reply = _split_assistant(template)
+            add(encode_part(head, tokenizer), False)  # fixed framing before the reply: prompt side
+            add(encode_part(reply, tokenizer, content=message["content"]), True)
             add(encode_part(template.assistant_end, tokenizer), True)
             if i != last_assistant:
                 add(encode_part(template.turn_sep, tokenizer), False)
@@ -100,34 +103,32 @@ def encode_prompt(template: TemplateSpec, messages: Sequence[dict[str, Any]], to
             ids += encode_part(template.assistant, tokenizer, content=message["content"])
             ids += encode_part(template.assistant_end, tokenizer)
             ids += encode_part(template.turn_sep, tokenizer)
-    # The assistant part may open with fixed text before {content} (e.g. "Assistant: ").
-    head = _assistant_head(template)
-    if head:
-        ids += encode_part(head, tokenizer)
+    # The assistant part may open with fixed framing before {content} (e.g. token 196 or "Assistant: ").
+    ids += encode_part(_split_assistant(template)[0], tokenizer)
     return ids
 
 
-def _assistant_head(template: TemplateSpec) -> list[Any]:
-    """The pieces of the assistant part before ``{content}`` (what a prompt ends with)."""
+def _split_assistant(template: TemplateSpec) -> tuple[list[Any], list[Any]]:
+    """The assistant part split at ``{content}``: fixed framing before it (no loss) and the rest."""
     part = template.assistant
     pieces = [part] if isinstance(part, str) and not isinstance(part, SpecialToken) else list(part)
-    head: list[Any] = []
-    for piece in pieces:
+    for i, piece in enumerate(pieces):
         if isinstance(piece, str) and not isinstance(piece, SpecialToken) and "{content}" in piece:
-            before = piece.split("{content}", 1)[0]
-            if before:
-                head.append(before)
-            return head
-        head.append(piece)
-    return head
+            before, after = piece.split("{content}", 1)
+            head = pieces[:i] + ([before] if before else [])
+            return head, ["{content}" + after] + pieces[i + 1:]
+    return [], pieces
 
 
 def stop_token_ids(template: TemplateSpec, tokenizer: Any) -> list[int]:
-    """Token ids that end a reply: the single-token pieces of ``assistant_end`` plus EOS."""
+    """Token ids that end a reply: ``assistant_end`` when it is one token, plus EOS.
+
+    A multi-token end (text the tokenizer splits) is caught by ``stop_words`` instead.
+    """
     ids: list[int] = []
     end = encode_part(template.assistant_end, tokenizer)
-    if end:
-        ids.append(end[-1] if len(end) == 1 else end[0])
+    if len(end) == 1:
+        ids.append(end[0])
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(int(tokenizer.eos_token_id))
     return ids

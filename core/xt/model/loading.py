@@ -1,0 +1,95 @@
+"""Load Hugging Face causal LMs and tokenizers; choose the attention backend; the bnb CPU guard."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+from xt.errors import XtError
+
+ATTN_CHOICES = ("auto", "sdpa", "eager", "flash_attention_2")
+
+
+def flash_attn_available() -> bool:
+    """flash-attn is importable and a CUDA device is present."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def choose_attention(requested: str = "auto") -> str:
+    """``auto`` -> flash_attention_2 when flash-attn and CUDA are there, else sdpa."""
+    if requested not in ATTN_CHOICES:
+        raise XtError(f"Unknown attention backend '{requested}'; choose one of {', '.join(ATTN_CHOICES)}.")
+    if requested == "auto":
+        return "flash_attention_2" if flash_attn_available() else "sdpa"
+    if requested == "flash_attention_2" and not flash_attn_available():
+        raise XtError("attn 'flash_attention_2' needs the flash-attn package and a CUDA GPU, which this machine "
+                      "lacks; use --set attn=sdpa (or auto).")
+    return requested
+
+
+def _no_hub_hint(source: str, exc: Exception) -> XtError:
+    return XtError(f"Could not load '{source}': {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
+                   f"Pass an existing local folder with --model-path, or check the hub id and your network.")
+
+
+def load_hf_causal_lm(source: str, **kwargs: Any) -> Any:
+    """``AutoModelForCausalLM.from_pretrained`` with safetensors preferred and remote code off by default."""
+    from transformers import AutoModelForCausalLM
+
+    if source is None:
+        raise XtError("The generic 'hf' model needs a hub id or folder; pass --model ORG/NAME or --model-path DIR.")
+    kwargs.setdefault("trust_remote_code", False)
+    if os.path.isdir(os.path.expanduser(str(source))):
+        source = os.path.expanduser(str(source))
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _no_hub_hint(str(source), exc) from exc
+
+
+def load_hf_tokenizer(source: str, **kwargs: Any) -> Any:
+    """``AutoTokenizer.from_pretrained``; a pad token is chosen when the tokenizer has none."""
+    from transformers import AutoTokenizer
+
+    if source is None:
+        raise XtError("The generic 'hf' model needs a hub id or folder for its tokenizer; pass --model-path DIR.")
+    kwargs.setdefault("trust_remote_code", False)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(str(source)), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _no_hub_hint(str(source), exc) from exc
+    ensure_pad_token(tokenizer)
+    return tokenizer
+
+
+def ensure_pad_token(tokenizer: Any) -> None:
+    """Use unk, then eos as the pad token when the tokenizer defines none."""
+    if getattr(tokenizer, "pad_token_id", None) is None:
+        if getattr(tokenizer, "unk_token", None) is not None:
+            tokenizer.pad_token = tokenizer.unk_token
+        elif getattr(tokenizer, "eos_token", None) is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+
+def disable_bnb_avx512bf16(model: Any) -> int:
+    """Turn off bitsandbytes' AVX512-BF16 CPU path on every ``Linear4bit``; returns how many were patched.
+
+    bitsandbytes 0.50 on CPUs with AVX512-BF16 caches a bf16 copy of the weights in its no-grad
+    forward path and later 4-bit backward passes use it wrongly, silently corrupting LoRA gradients
+    after any eval / generation forward. The flag forces the plain dequantize path everywhere.
+    """
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except Exception:
+        return 0
+    patched = 0
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            patched += 1
+    return patched
