@@ -18,7 +18,10 @@ $(STAMP): pyproject.toml constraints.txt $(addsuffix /pyproject.toml,$(PLUGINS))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e ".[qlora,dev]" $(addprefix -e ,$(PLUGINS))
-	$(BIN)/pip install -q -c constraints.txt --no-deps lmdeploy
+	# lmdeploy pins an older torch/peft: install it without its dependencies, plus the pure-python modules
+	# that 'import lmdeploy' (support tables, ChatTemplateConfig) needs on CPU; nothing here touches torch/peft.
+	$(BIN)/pip install -q -c constraints.txt --no-deps lmdeploy mmengine-lite addict termcolor yapf platformdirs \
+		requests urllib3 charset-normalizer idna certifi pybase64
 	touch $(STAMP)
 
 test: setup

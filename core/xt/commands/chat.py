@@ -1,23 +1,95 @@
-"""``xt chat``, ``xt merge`` and ``xt export`` (filled in by chat/export)."""
+"""``xt chat``, ``xt merge`` and ``xt export``. Heavy modules load inside the commands."""
 
 from __future__ import annotations
 
+import sys
+
 import click
+
+from xt.errors import XtError
 
 
 @click.command("chat")
-def chat_command() -> None:
-    """Chat with a model or a trained run."""
-    raise click.ClickException("xt chat is not implemented yet")
+@click.argument("target", metavar="MODEL_OR_RUN")
+@click.option("--adapter", type=click.Path(), default=None, help="A LoRA adapter folder to apply to MODEL.")
+@click.option("--template", default=None, help="Chat template (default: the run's, else the model's, else 'default').")
+@click.option("--system", default=None, help="System prompt.")
+@click.option("--prompt", default=None, help="Answer this one prompt, print only the reply and exit.")
+@click.option("--image", type=click.Path(), default=None, help="An image for multimodal models.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+              help="0 means greedy decoding.")
+@click.option("--top-p", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=1.0, show_default=True)
+@click.option("--bits", type=click.Choice(["4", "8"]), default=None, help="Load the model quantized (bitsandbytes).")
+@click.option("--backend", default="hf", show_default=True,
+              help="hf (transformers), or a backend a plugin provides, e.g. lmdeploy (needs CUDA).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (off by default).")
+def chat_command(target: str, adapter: str | None, template: str | None, system: str | None, prompt: str | None,
+                 image: str | None, max_new_tokens: int, temperature: float, top_p: float, bits: str | None,
+                 backend: str, trust_remote_code: bool) -> None:
+    """Chat with a model or a trained run (interactive unless --prompt is given).
+
+    \b
+    In the interactive session: /reset forgets the history, /exit (or Ctrl-D) ends it.
+    A run directory brings its base model, adapter and template, so replies stop where training taught.
+    """
+    from xt.chat import ChatOptions, backend_responder, chat_loop, chat_once
+
+    options = ChatOptions(target=target, adapter=adapter, template=template, system=system, image=image,
+                          max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                          bits=int(bits) if bits else None, trust_remote_code=trust_remote_code)
+    respond = backend_responder(backend, options)
+    if prompt is not None:
+        click.echo(chat_once(respond, prompt, system))
+        return
+    banner = None
+    if sys.stdin.isatty():
+        banner = f"Chatting with {target}. /reset clears the history, /exit or Ctrl-D ends."
+    chat_loop(respond, system=system, banner=banner)
 
 
 @click.command("merge")
-def merge_command() -> None:
-    """Merge a LoRA adapter into its base model."""
-    raise click.ClickException("xt merge is not implemented yet")
+@click.argument("base")
+@click.argument("adapter", type=click.Path())
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Folder for the merged model.")
+@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="fp32", show_default=True,
+              help="Precision of the merged weights (the base is loaded unquantized, also for QLoRA adapters).")
+@click.option("--template", default=None, help="Chat template to write (default: the one saved with the adapter).")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out folder.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (off by default).")
+def merge_command(base: str, adapter: str, out_dir: str, dtype: str, template: str | None, overwrite: bool,
+                  trust_remote_code: bool) -> None:
+    """Merge a LoRA / QLoRA ADAPTER into BASE (registered name, folder or hub id) as safetensors."""
+    from xt.export import merge_adapter
+
+    path = merge_adapter(base, adapter, out_dir, dtype=dtype, overwrite=overwrite, template=template,
+                         trust_remote_code=trust_remote_code)
+    click.echo(f"Merged model written to {path}")
+
+
+def _parse_sets(pairs: tuple[str, ...]) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise XtError(f"--set '{pair}' is not key=value; write e.g. --set dtype=bf16.")
+        options[key.strip()] = value.strip()
+    return options
 
 
 @click.command("export")
-def export_command() -> None:
-    """Export a trained run with a registered exporter."""
-    raise click.ClickException("xt export is not implemented yet")
+@click.argument("run_dir", metavar="RUN")
+@click.option("--to", "target", required=True, help="Exporter name (see 'xt list exporters').")
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Folder to write.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Exporter option (repeatable).")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out folder.")
+def export_command(run_dir: str, target: str, out_dir: str, sets: tuple[str, ...], overwrite: bool) -> None:
+    """Export a trained RUN with a registered exporter (hf, or one a plugin adds)."""
+    from xt.plugins import get_registry
+
+    spec = get_registry().get("exporters", target)
+    options: dict[str, object] = dict(_parse_sets(sets))
+    if overwrite:
+        options["overwrite"] = True
+    result = spec.export(run_dir, out_dir, **options)
+    click.echo(f"Exported {run_dir} with '{spec.name}' to {result or out_dir}")

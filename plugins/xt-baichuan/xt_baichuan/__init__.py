@@ -20,9 +20,15 @@ def register_with_transformers() -> None:
     register()
 
 
+def _register_on_import() -> None:
+    from xt_baichuan.auto import register_on_import
+
+    register_on_import()
+
+
 def _on_transformers_import() -> None:
     try:
-        register_with_transformers()
+        _register_on_import()
     except Exception as exc:  # never break `import transformers` for everyone else
         import warnings
 

@@ -326,12 +326,8 @@ class BaichuanModel(BaichuanPreTrainedModel):
         past = cache.get_seq_length() if cache is not None else 0
         device = inputs_embeds.device
         explicit_positions = position_ids
-        if position_ids is None:
-            if attention_mask is not None and attention_mask.dim() == 2 and not bool(attention_mask.all()):
-                from_mask = attention_mask.long().cumsum(-1) - 1
-                position_ids = from_mask.clamp(min=0)[:, -q_len:].to(device)
-            else:
-                position_ids = torch.arange(past, past + q_len, device=device)[None].expand(batch, -1)
+        if position_ids is None:  # the official default; generate() passes positions counted from the mask
+            position_ids = torch.arange(past, past + q_len, device=device)[None].expand(batch, -1)
         implementation = str(self.config._attn_implementation or "sdpa")
         flash_kwargs = None
         if implementation.startswith("flash"):
@@ -428,3 +424,12 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
 
 
 __all__ = ["BaichuanForCausalLM", "BaichuanModel", "BaichuanPreTrainedModel", "alibi_slopes", "causal_lm_loss"]
+
+
+def _finish_registration() -> None:
+    from xt_baichuan.auto import register_if_pending
+
+    register_if_pending()
+
+
+_finish_registration()

@@ -1,0 +1,84 @@
+"""The default collator: samples -> padded torch tensors.
+
+Ordinary rows get ``attention_mask`` (1 on tokens, 0 on padding). Packed rows (``position_ids``
+that restart inside a row) get NO attention mask: transformers then derives the sample boundaries
+from the restarting ``position_ids`` (sdpa/eager build a block-diagonal causal mask when
+``attention_mask`` is None and the model runs with ``use_cache=False``; flash-attn uses its varlen
+kernel). Padding of a packed batch counts from 0 again, so it forms a segment of its own.
+
+Flash-attn detects packing only in a batch of one row, so ``flatten=True`` (or
+``attn_implementation="flash_attention_2"``/``"flash_attention_3"``) concatenates the rows of a
+packed batch into a single row, as transformers' ``DataCollatorWithFlattening`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from xt.template import IGNORE_INDEX
+
+PADDED_KEYS = ("input_ids", "labels", "position_ids", "attention_mask")
+
+
+def is_packed(sample: dict[str, Any]) -> bool:
+    """Whether a row holds more than one sample (its position ids restart)."""
+    positions = sample.get("position_ids")
+    if not positions:
+        return False
+    return any(b != a + 1 for a, b in zip(positions, positions[1:]))
+
+
+def make_default_collator(pad_token_id: int = 0, pad_to_multiple_of: int | None = None, *, flatten: bool | None = None,
+                          attn_implementation: str | None = None, **_: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    """A collate function for the data loader (extra options such as ``tokenizer`` are ignored)."""
+    if flatten is None:
+        flatten = bool(attn_implementation and attn_implementation.startswith("flash"))
+    pad_id = int(pad_token_id if pad_token_id is not None else 0)
+
+    def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        if not samples:
+            raise ValueError("cannot collate an empty batch")
+        rows = [_with_positions(s) for s in samples]
+        packed = any(is_packed(r) for r in rows)
+        if packed and flatten:
+            rows = [{
+                "input_ids": [t for r in rows for t in r["input_ids"]],
+                "labels": [t for r in rows for t in _first_masked(r["labels"])],
+                "position_ids": [p for r in rows for p in r["position_ids"]],
+            }]
+        width = max(len(r["input_ids"]) for r in rows)
+        if pad_to_multiple_of:
+            width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+        batch: dict[str, Any] = {
+            "input_ids": torch.tensor([r["input_ids"] + [pad_id] * (width - len(r["input_ids"])) for r in rows]),
+            "labels": torch.tensor([_first_masked(r["labels"]) + [IGNORE_INDEX] * (width - len(r["labels"]))
+                                    for r in rows]),
+            # Padding continues 0, 1, 2 ... : a separate segment in a packed batch, harmless under a mask otherwise.
+            "position_ids": torch.tensor([r["position_ids"] + list(range(width - len(r["position_ids"])))
+                                          for r in rows]),
+        }
+        if not packed:
+            batch["attention_mask"] = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"]))
+                                                    for r in rows])
+        for key in samples[0]:
+            if key not in PADDED_KEYS:
+                batch[key] = [s.get(key) for s in samples]
+        return batch
+
+    return collate
+
+
+def _with_positions(sample: dict[str, Any]) -> dict[str, Any]:
+    if sample.get("position_ids") is not None:
+        return sample
+    return dict(sample, position_ids=list(range(len(sample["input_ids"]))))
+
+
+def _first_masked(labels: list[int]) -> list[int]:
+    """Labels whose first entry is -100 (the token before a row start is another row's)."""
+    if labels and labels[0] != IGNORE_INDEX:
+        return [IGNORE_INDEX] + list(labels[1:])
+    return list(labels)

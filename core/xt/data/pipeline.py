@@ -1,0 +1,163 @@
+"""The data pipeline: rows -> conversations -> samples -> packed rows (or single samples), cached.
+
+``build_dataset`` is what training calls; ``load_conversations`` is what eval and ``xt data``
+call to see the mapped conversations themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from xt.data.cache import (
+    cache_key,
+    clear_error,
+    default_cache_dir,
+    is_complete,
+    template_fingerprint,
+    tokenizer_fingerprint,
+    wait_for_entry,
+    write_entry,
+    write_error_marker,
+)
+from xt.data.dataset import ProcessedDataset
+from xt.data.load import callable_fingerprint, load_rows, plan_sources
+from xt.data.pack import fill_ratio, pack_best_fit
+from xt.data.process import process_rows
+from xt.errors import XtError
+from xt.specs import DatasetSpec, ModelSpec, TemplateSpec
+from xt.template import IGNORE_INDEX
+
+log = logging.getLogger("xt.data")
+
+
+@dataclass
+class DataOptions:
+    """How to load and process a dataset (``xt train`` / ``xt data`` options)."""
+
+    data_files: list[str] | None = None
+    split: str = "train"
+    max_length: int = 2048
+    length_policy: str = "truncate"  # or "drop"
+    pack: bool = True
+    skip_bad_rows: bool = False
+    num_proc: int = 1
+    cache_dir: str | None = None
+    use_cache: bool = True
+    seed: int = 0
+
+
+def choose_template(model_spec: ModelSpec | None, dataset_spec: DatasetSpec | None,
+                    explicit: str | None = None) -> TemplateSpec:
+    """The template to use: the explicit name, else the model's default, else the dataset's, else ``default``."""
+    from xt.plugins import get_registry
+
+    name = explicit or (model_spec.default_template if model_spec else None) \
+        or (dataset_spec.default_template if dataset_spec else None) or "default"
+    return get_registry().get("templates", name)
+
+
+def _sources(dataset: DatasetSpec, options: DataOptions, plan: Any) -> list[tuple[str, list[Any]]]:
+    if options.split not in dataset.splits and plan.kind == "generated":
+        raise XtError(f"Dataset '{dataset.name}' has no split '{options.split}'; it has {', '.join(dataset.splits)}.")
+    return [(s.name, s.rows) for s in load_rows(dataset, plan, options.split, options.seed)]
+
+
+def load_conversations(dataset: DatasetSpec, options: DataOptions) -> list[dict[str, Any]]:
+    """The dataset's rows mapped to validated conversations (bad rows fail, or are skipped when asked)."""
+    plan = plan_sources(dataset, options.data_files)
+    result = process_rows(_sources(dataset, options, plan), dataset, template=None, tokenizer=None,
+                          max_length=max(1, options.max_length), policy=options.length_policy,
+                          skip_bad_rows=options.skip_bad_rows, num_proc=options.num_proc)
+    if result.bad:
+        log.warning("skipped %d bad rows of dataset '%s'", len(result.bad), dataset.name)
+    if not result.conversations:
+        raise XtError(f"Dataset '{dataset.name}' has no usable rows; check its files or map.")
+    return result.conversations
+
+
+def build_dataset(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, options: DataOptions, *,
+                  rank: int = 0, world_size: int = 1) -> ProcessedDataset:
+    """Load, map, template, apply the length policy and pack; reuse the on-disk cache when it matches."""
+    plan = plan_sources(dataset, options.data_files)
+    if not options.use_cache:
+        return _build(dataset, template, tokenizer, options, plan)
+    parts = {
+        "source": plan.fingerprint(dataset, options.split, options.seed),
+        "dataset": [dataset.name, callable_fingerprint(dataset.map_row)],
+        "template": template_fingerprint(template),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "max_length": options.max_length,
+        "length_policy": options.length_policy,
+        "pack": options.pack,
+        "skip_bad_rows": options.skip_bad_rows,
+    }
+    entry = os.path.join(options.cache_dir or default_cache_dir(), cache_key(parts))
+    if not is_complete(entry):
+        if rank != 0 and world_size > 1:
+            wait_for_entry(entry, rank)
+        else:
+            clear_error(entry)
+            try:
+                built = _build(dataset, template, tokenizer, options, plan)
+            except Exception as exc:
+                if world_size > 1:
+                    write_error_marker(entry, str(exc) if isinstance(exc, XtError) else f"{type(exc).__name__}: {exc}")
+                raise
+            try:
+                write_entry(entry, built.save)
+            except (OSError, TypeError, ValueError) as exc:  # unwritable dir or images json cannot hold
+                if world_size > 1:
+                    write_error_marker(entry, f"could not write the data cache at {entry}: {exc}")
+                    raise XtError(f"Could not write the data cache at '{entry}' ({exc}); other ranks need it: "
+                                  f"set --cache-dir (or XT_CACHE_DIR) to a writable shared folder.") from exc
+                log.warning("could not write the data cache at %s: %s", entry, exc)
+                built.stats.update(cached=False, cache_path=None)
+                return built
+            built.stats.update(cached=False, cache_path=entry)
+            return built
+    loaded = ProcessedDataset.load(entry)
+    loaded.stats.update(cached=True, cache_path=entry)
+    return loaded
+
+
+def _build(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, options: DataOptions,
+           plan: Any) -> ProcessedDataset:
+    started = time.perf_counter()
+    result = process_rows(_sources(dataset, options, plan), dataset, template=template, tokenizer=tokenizer,
+                          max_length=options.max_length, policy=options.length_policy,
+                          skip_bad_rows=options.skip_bad_rows, num_proc=options.num_proc)
+    counts = result.counts
+    if result.bad:
+        log.warning("skipped %d bad rows of dataset '%s'", len(result.bad), dataset.name)
+    lengths = result.lengths
+    if lengths is None or not len(lengths):
+        raise XtError(f"No sample of dataset '{dataset.name}' is left after the length policy "
+                      f"({counts['dropped']} longer than max_length {options.max_length} dropped, "
+                      f"{counts['no_labels']} without reply tokens after truncation); raise --max-length.")
+    length_list = lengths.tolist()
+    rows = pack_best_fit(length_list, options.max_length) if options.pack else [[i] for i in range(len(length_list))]
+    stats: dict[str, Any] = {
+        "dataset": dataset.name,
+        "template": template.name,
+        "rows": counts["rows"],
+        "skipped": len(result.bad),
+        "truncated": counts["truncated"],
+        "dropped": counts["dropped"] + counts["no_labels"],
+        "dropped_too_long": counts["dropped"],
+        "dropped_no_labels": counts["no_labels"],
+        "samples": len(length_list),
+        "packed": options.pack,
+        "packed_rows": len(rows),
+        "tokens": int(lengths.sum()),
+        "label_tokens": int((result.labels != IGNORE_INDEX).sum()),
+        "max_length": options.max_length,
+        "fill": round(fill_ratio(length_list, rows, options.max_length), 4) if options.pack else None,
+        "build_seconds": round(time.perf_counter() - started, 3),
+        "cached": False,
+        "cache_path": None,
+    }
+    return ProcessedDataset.from_arrays(result.ids, result.labels, lengths, rows, result.images, stats)

@@ -1,0 +1,263 @@
+"""Rows -> conversations (the dataset's map, validated) -> samples (template + length policy).
+
+Bad rows are collected with their file and index; the caller either fails with the first few
+or skips them and reports how many. ``num_proc > 1`` splits the rows over forked processes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from xt.errors import XtError
+from xt.specs import DatasetSpec, RowError, TemplateSpec, conversation_problems
+from xt.template import IGNORE_INDEX
+
+LENGTH_POLICIES = ("truncate", "drop")
+SHOWN_BAD_ROWS = 5
+#: How many conversations went through the tokenizer in this process (tests check a cache hit with it).
+counters = {"encoded": 0}
+
+_ROW_ERRORS = (RowError, KeyError, TypeError, ValueError, AttributeError, IndexError)
+
+
+@dataclass
+class BadRow:
+    source: str
+    index: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.source} row {self.index}: {self.reason}"
+
+
+@dataclass
+class Mapped:
+    """Conversations of valid rows and the rows that failed."""
+
+    conversations: list[dict[str, Any]] = field(default_factory=list)
+    bad: list[BadRow] = field(default_factory=list)
+    rows: int = 0
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"missing key {exc.args[0]!r}" if exc.args else "missing key"
+    if isinstance(exc, RowError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def map_rows(dataset: DatasetSpec, rows: Sequence[Any], source: str, start: int = 0) -> Mapped:
+    """Apply ``dataset.map_row`` to each row and validate the conversation."""
+    out = Mapped(rows=len(rows))
+    for offset, row in enumerate(rows):
+        index = start + offset
+        if not isinstance(row, dict):
+            out.bad.append(BadRow(source, index, f"a row must be an object, got {type(row).__name__}"))
+            continue
+        try:
+            conv = dataset.map_row(row)
+        except _ROW_ERRORS as exc:
+            out.bad.append(BadRow(source, index, _reason(exc)))
+            continue
+        except Exception as exc:
+            raise XtError(f"The map of dataset '{dataset.name}' crashed on {source} row {index} with "
+                          f"{type(exc).__name__}: {exc}; this is a bug in the map (it should raise RowError).") from exc
+        problems = conversation_problems(conv)
+        if problems:
+            out.bad.append(BadRow(source, index, "; ".join(problems)))
+            continue
+        out.conversations.append(conv)
+    return out
+
+
+def bad_rows_error(dataset: DatasetSpec, bad: list[BadRow], total: int) -> XtError:
+    """One message naming the first few bad rows, the count and how to go on."""
+    shown = "; ".join(str(b) for b in bad[:SHOWN_BAD_ROWS])
+    more = f" (first {SHOWN_BAD_ROWS} shown)" if len(bad) > SHOWN_BAD_ROWS else ""
+    return XtError(f"{len(bad)} of {total} rows of dataset '{dataset.name}' cannot be used{more}: {shown}; "
+                   f"fix these rows or pass --skip-bad-rows (skip_bad_rows=True) to skip them.")
+
+
+def apply_length_policy(sample: dict[str, Any], max_length: int, policy: str) -> tuple[dict[str, Any] | None, str]:
+    """Truncate or drop a too-long sample; returns (sample or None, 'kept'|'truncated'|'dropped'|'no_labels').
+
+    The first label of every sample is set to -100: in a packed row the token before it belongs to
+    another sample, and the causal-LM loss at position t predicts ``labels[t + 1]``.
+    """
+    ids, labels = sample["input_ids"], sample["labels"]
+    status = "kept"
+    if len(ids) > max_length:
+        if policy == "drop":
+            return None, "dropped"
+        ids, labels = ids[:max_length], labels[:max_length]
+        status = "truncated"
+    if labels and labels[0] != IGNORE_INDEX:
+        labels = [IGNORE_INDEX] + labels[1:]
+    if labels.count(IGNORE_INDEX) == len(labels):
+        return None, "no_labels"
+    out = dict(sample, input_ids=ids, labels=labels)
+    return out, status
+
+
+def gather_index(starts: Any, lengths: Any) -> Any:
+    """Indices that concatenate the segments ``[starts[i], starts[i] + lengths[i])`` (numpy, vectorized)."""
+    import numpy as np
+
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    first = np.cumsum(lengths) - lengths
+    return np.repeat(np.asarray(starts, dtype=np.int64) - first, lengths) + np.arange(total, dtype=np.int64)
+
+
+@dataclass
+class ChunkResult:
+    """Mapped conversations (map only) or encoded samples as flat arrays (``ids``, ``labels``, ``lengths``)."""
+
+    conversations: list[dict[str, Any]] = field(default_factory=list)
+    ids: Any = None
+    labels: Any = None
+    lengths: Any = None
+    images: list[Any] | None = None
+    bad: list[BadRow] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=lambda: {"rows": 0, "truncated": 0, "dropped": 0, "no_labels": 0})
+
+
+def encode_conversations(conversations: Sequence[dict[str, Any]], template: TemplateSpec, tokenizer: Any,
+                         max_length: int, policy: str, result: ChunkResult) -> None:
+    """Template + tokenize (batched) + length policy, vectorized; fills ``result``'s arrays.
+
+    Same rules as :func:`apply_length_policy`: too long -> truncated (or dropped), first label of
+    every sample -100, a sample without any label token left is dropped.
+    """
+    import numpy as np
+
+    from xt.data.tokenize import BatchEncoder
+
+    ids, labels, lengths = BatchEncoder(template, tokenizer).encode_arrays(conversations)
+    counters["encoded"] += len(conversations)
+    starts = np.cumsum(lengths) - lengths
+    too_long = lengths > max_length
+    keep = np.ones(len(lengths), dtype=bool)
+    if policy == "drop":
+        keep &= ~too_long
+        result.counts["dropped"] += int(too_long.sum())
+    new_lengths = np.minimum(lengths, max_length)
+    if len(labels):
+        labels[starts[lengths > 0]] = IGNORE_INDEX
+    # Label tokens inside each (truncated) sample: per-sample sums, recounted only for cut samples.
+    label_mask = (labels != IGNORE_INDEX).view(np.int8)
+    nonempty = lengths > 0
+    counts = np.zeros(len(lengths), dtype=np.int64)
+    if nonempty.any():
+        counts[nonempty] = np.add.reduceat(label_mask, starts[nonempty], dtype=np.int64)
+    for i in np.flatnonzero(too_long).tolist():
+        counts[i] = int(label_mask[starts[i]:starts[i] + max_length].sum(dtype=np.int64))
+    has_labels = counts > 0
+    result.counts["no_labels"] += int((keep & ~has_labels).sum())
+    keep &= has_labels
+    result.counts["truncated"] += int((keep & too_long).sum())
+    if keep.all() and not too_long.any():
+        result.ids, result.labels, result.lengths = ids, labels, lengths
+    else:
+        index = gather_index(starts[keep], new_lengths[keep])
+        result.ids, result.labels, result.lengths = ids[index], labels[index], new_lengths[keep]
+    if any(conv.get("images") for conv in conversations):
+        result.images = [list(conv.get("images") or []) for conv, k in zip(conversations, keep.tolist()) if k]
+
+
+# Work handed to forked workers (functions in specs may be closures that do not pickle).
+_job: dict[str, Any] = {}
+
+
+def _process_chunk(chunk: list[tuple[int, int, int]]) -> ChunkResult:
+    """Map (and encode) rows ``start:stop`` of the sources named by index in ``_job`` (no row pickling)."""
+    job = _job
+    result = ChunkResult()
+    conversations: list[dict[str, Any]] = []
+    for source_index, start, stop in chunk:
+        name, rows = job["sources"][source_index]
+        mapped = map_rows(job["dataset"], rows[start:stop], name, start)
+        result.bad.extend(mapped.bad)
+        result.counts["rows"] += mapped.rows
+        conversations.extend(mapped.conversations)
+    if job["encode"] and (not result.bad or job["skip_bad_rows"]):
+        encode_conversations(conversations, job["template"], job["tokenizer"], job["max_length"], job["policy"], result)
+    elif not job["encode"]:
+        result.conversations = conversations
+    return result
+
+
+def _chunks(sources: Sequence[tuple[str, list[Any]]], n_chunks: int) -> list[list[tuple[int, int, int]]]:
+    """Split the rows of all sources into ``n_chunks`` runs of about equal size."""
+    total = sum(len(rows) for _, rows in sources)
+    size = max(1, -(-total // max(1, n_chunks)))
+    chunks: list[list[tuple[int, int, int]]] = [[]]
+    room = size
+    for source_index, (_, rows) in enumerate(sources):
+        start = 0
+        while start < len(rows):
+            take = min(room, len(rows) - start)
+            chunks[-1].append((source_index, start, start + take))
+            start += take
+            room -= take
+            if room == 0:
+                chunks.append([])
+                room = size
+    return [c for c in chunks if c]
+
+
+def process_rows(sources: Sequence[tuple[str, list[Any]]], dataset: DatasetSpec, *, template: TemplateSpec | None,
+                 tokenizer: Any, max_length: int, policy: str, skip_bad_rows: bool, num_proc: int = 1) -> ChunkResult:
+    """Map (and, with a template, encode) every row; raises for bad rows unless ``skip_bad_rows``."""
+    if policy not in LENGTH_POLICIES:
+        raise XtError(f"Unknown length policy '{policy}'; use one of {', '.join(LENGTH_POLICIES)}.")
+    if max_length < 1:
+        raise XtError(f"max_length must be a positive number of tokens, got {max_length}.")
+    _job.clear()
+    _job.update(sources=list(sources), dataset=dataset, template=template, tokenizer=tokenizer, max_length=max_length, policy=policy,
+                skip_bad_rows=skip_bad_rows, encode=template is not None)
+    total = sum(len(rows) for _, rows in sources)
+    try:
+        if num_proc > 1 and total >= 2 * num_proc:
+            chunks = _chunks(sources, num_proc)
+            previous = os.environ.get("TOKENIZERS_PARALLELISM")
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"  # forked workers: no nested Rust thread pools
+            try:
+                with multiprocessing.get_context("fork").Pool(num_proc) as pool:
+                    parts = pool.map(_process_chunk, chunks, chunksize=1)
+            finally:
+                if previous is None:
+                    os.environ.pop("TOKENIZERS_PARALLELISM", None)
+                else:
+                    os.environ["TOKENIZERS_PARALLELISM"] = previous
+            if template is not None:
+                counters["encoded"] += sum(p.counts["rows"] - len(p.bad) for p in parts)
+        else:
+            parts = [_process_chunk(c) for c in _chunks(sources, 1)]
+    finally:
+        _job.clear()
+    result = ChunkResult()
+    for part in parts:
+        result.conversations.extend(part.conversations)
+        result.bad.extend(part.bad)
+        for key, value in part.counts.items():
+            result.counts[key] += value
+    encoded = [p for p in parts if p.ids is not None]
+    if encoded:
+        import numpy as np
+
+        result.ids = np.concatenate([p.ids for p in encoded])
+        result.labels = np.concatenate([p.labels for p in encoded])
+        result.lengths = np.concatenate([p.lengths for p in encoded])
+        if any(p.images is not None for p in encoded):
+            result.images = [img for p in encoded for img in (p.images or [[]] * len(p.lengths))]
+    if result.bad and not skip_bad_rows:
+        raise bad_rows_error(dataset, result.bad, result.counts["rows"])
+    return result

@@ -1,0 +1,262 @@
+"""Merge LoRA adapters into their base model and write merged Hugging Face folders.
+
+``merge_adapter`` backs ``xt merge BASE ADAPTER --out DIR``; ``export_hf`` backs the core's ``hf``
+exporter (``xt export RUN --to hf``). Both load the base **unquantized** in the chosen dtype (also for
+adapters trained with QLoRA on a 4-bit base), merge with peft's ``merge_and_unload`` and save
+safetensors with the tokenizer, ``generation_config.json`` (stop ids of the template) and the chat
+template. Output is written to a temporary sibling folder and renamed into place, so an existing
+folder is never half-overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xt.errors import XtError
+
+MERGE_DTYPES = ("bf16", "fp16", "fp32")
+TEMPLATE_FILE = "xt_template.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+@dataclass
+class RunModel:
+    """What a run directory (or base + adapter pair) needs to be rebuilt: base, weights, template."""
+
+    model: str              # registered model name, folder or hub id of the base
+    source: str | None      # where the base weights come from (None: built from a config)
+    final_dir: Path | None  # the adapter folder, or the full model folder
+    adapter: bool           # final_dir holds a PEFT adapter
+    template: str | None    # registered template name
+    kind: str = "causal-lm"
+
+
+def torch_dtype_of(name: str) -> Any:
+    """``bf16`` / ``fp16`` / ``fp32`` -> the torch dtype."""
+    import torch
+
+    if name not in MERGE_DTYPES:
+        raise XtError(f"Unknown dtype '{name}'; choose one of {', '.join(MERGE_DTYPES)}.")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def is_adapter_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def describe_run(run_dir: str | os.PathLike) -> RunModel:
+    """Base model, final folder and template of a finished run (clear errors otherwise)."""
+    from xt.run import load_run
+
+    info = load_run(run_dir)
+    if not info.final_dir:
+        raise XtError(f"Run '{run_dir}' has no final result yet (status '{info.status}'); wait for 'xt train' "
+                      f"to finish, or pass a model folder instead.")
+    final = Path(run_dir) / info.final_dir
+    if not final.is_dir():
+        raise XtError(f"Run '{run_dir}' names final folder '{info.final_dir}', which does not exist; the run "
+                      f"directory is incomplete.")
+    return RunModel(model=info.model, source=info.model_source, final_dir=final, adapter=bool(info.adapter),
+                    template=info.template, kind=info.kind)
+
+
+def resolve_base(model: str, source: str | None = None) -> tuple[Any, str | None]:
+    """The model spec for a registered name / folder / hub id, and the source to load it from."""
+    from xt.plugins import get_registry
+
+    spec = get_registry().resolve_model(model)
+    return spec, source if source is not None else spec.source
+
+
+def load_base(spec: Any, source: str | None, dtype: Any, **kwargs: Any) -> Any:
+    """Call the spec's model loader (or the generic one) unquantized in ``dtype``."""
+    from xt.model.loading import load_hf_causal_lm
+
+    loader = spec.load_model or load_hf_causal_lm
+    return loader(source, dtype=dtype, **kwargs)
+
+
+def load_tokenizer_for(spec: Any, source: str | None, prefer: str | os.PathLike | None = None) -> Any:
+    """The tokenizer saved next to an adapter / final model when there is one, else the spec's."""
+    from xt.model.loading import ensure_pad_token, load_hf_tokenizer
+
+    if prefer is not None and any((Path(prefer) / f).is_file() for f in TOKENIZER_FILES):
+        try:
+            tokenizer = (spec.load_tokenizer or load_hf_tokenizer)(str(prefer))
+        except Exception:
+            tokenizer = load_hf_tokenizer(str(prefer))
+    elif spec.load_tokenizer is not None:
+        tokenizer = spec.load_tokenizer(source)
+    else:
+        tokenizer = load_hf_tokenizer(source)
+    ensure_pad_token(tokenizer)
+    return tokenizer
+
+
+def template_for(name: str | None, folders: tuple[Any, ...] = (), spec: Any = None) -> Any:
+    """A TemplateSpec: ``name`` from the registry, else ``xt_template.json`` in one of ``folders``,
+    else the model spec's default template, else ``default``."""
+    from xt.plugins import get_registry
+
+    registry = get_registry()
+    if name:
+        try:
+            return registry.get("templates", name)
+        except XtError:
+            saved = _saved_template(folders)
+            if saved is not None and name in (saved.name, *saved.aliases):
+                return saved  # the plugin that registered it is gone; the run kept a copy
+            raise
+    saved = _saved_template(folders)
+    if saved is not None:
+        return saved
+    default = getattr(spec, "default_template", None) or "default"
+    return registry.get("templates", default)
+
+
+def _saved_template(folders: tuple[Any, ...]) -> Any:
+    for folder in folders:
+        if folder is None:
+            continue
+        path = Path(folder) / TEMPLATE_FILE
+        if path.is_file():
+            from xt.model.saving import template_from_json
+
+            return template_from_json(json.loads(path.read_text()))
+    return None
+
+
+def apply_adapter(base: Any, adapter_dir: str | os.PathLike, *, merge: bool) -> Any:
+    """Wrap ``base`` with the PEFT adapter in ``adapter_dir``; merged into plain weights when ``merge``."""
+    from peft import PeftModel
+
+    if not is_adapter_dir(adapter_dir):
+        raise XtError(f"'{adapter_dir}' is not a PEFT adapter folder (no adapter_config.json); pass the final/ "
+                      f"folder of a LoRA run or a run directory.")
+    try:
+        model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise XtError(f"The adapter in '{adapter_dir}' does not fit this base model ({type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0]}); pass the base it was trained on.") from exc
+    return model.merge_and_unload() if merge else model
+
+
+def check_output_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse a non-empty output folder unless ``overwrite``."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise XtError(f"Output path '{out}' is a file; choose a folder path for --out.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise XtError(f"Output folder '{out}' exists and is not empty; choose a new folder or pass --overwrite.")
+    return out
+
+
+@contextmanager
+def staged_output(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces ``out_dir`` in one rename.
+
+    On any error the temporary folder is removed and ``out_dir`` is left as it was.
+    """
+    out = check_output_dir(out_dir, overwrite).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_merged(model: Any, tokenizer: Any, template: Any, out: Path, base_generation_config: Any = None) -> None:
+    """Safetensors weights + config + tokenizer + generation config + chat template into ``out``."""
+    from xt.model.saving import write_tokenizer_files
+
+    config = model.config
+    config.use_cache = True
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    model.save_pretrained(str(out), safe_serialization=True)
+    write_tokenizer_files(out, tokenizer, template, base_generation_config)
+
+
+def merge_adapter(base: str, adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, *, dtype: str = "fp32",
+                  overwrite: bool = False, template: str | None = None, source: str | None = None,
+                  trust_remote_code: bool = False) -> Path:
+    """``xt merge``: base (name, folder or hub id) + LoRA / QLoRA adapter -> merged full-precision folder."""
+    adapter = Path(adapter_dir)
+    from xt.run import is_run_dir
+
+    if is_run_dir(adapter):
+        run = describe_run(adapter)
+        if not run.adapter:
+            raise XtError(f"Run '{adapter}' trained the full model, there is no adapter to merge; use its "
+                          f"final/ folder directly or 'xt export {adapter} --to hf'.")
+        adapter, template = run.final_dir, template or run.template
+    if not adapter.is_dir():
+        raise XtError(f"Adapter folder '{adapter}' does not exist; pass the final/ folder of a LoRA run.")
+    if not is_adapter_dir(adapter):
+        raise XtError(f"'{adapter}' is not a PEFT adapter folder (no adapter_config.json); pass the final/ "
+                      f"folder of a LoRA run or a run directory.")
+    check_output_dir(out_dir, overwrite)
+    spec, base_source = resolve_base(base, source)
+    torch_dtype = torch_dtype_of(dtype)
+    tmpl = template_for(template, (adapter,), spec)
+    kwargs = {"trust_remote_code": True} if trust_remote_code else {}
+    with staged_output(out_dir, overwrite) as tmp:
+        tokenizer = load_tokenizer_for(spec, base_source, prefer=adapter)
+        model = load_base(spec, base_source, torch_dtype, **kwargs)
+        generation_config = getattr(model, "generation_config", None)
+        merged = apply_adapter(model, adapter, merge=True).to(torch_dtype)
+        save_merged(merged, tokenizer, tmpl, tmp, generation_config)
+    return Path(out_dir)
+
+
+def export_hf(run_dir: str | os.PathLike, out_dir: str | os.PathLike, **options: Any) -> Path:
+    """The ``hf`` exporter: a finished run -> a merged Hugging Face folder (safetensors).
+
+    Options: ``dtype`` (bf16 | fp16 | fp32, default fp32), ``overwrite`` (bool).
+    """
+    unknown = set(options) - {"dtype", "overwrite"}
+    if unknown:
+        raise XtError(f"Unknown option(s) for exporter 'hf': {', '.join(sorted(unknown))}; known: dtype, overwrite.")
+    dtype = str(options.get("dtype", "fp32"))
+    overwrite = as_bool(options.get("overwrite", False), "overwrite")
+    run = describe_run(run_dir)
+    if run.adapter:
+        return merge_adapter(run.model, run.final_dir, out_dir, dtype=dtype, overwrite=overwrite,
+                             template=run.template, source=run.source)
+    check_output_dir(out_dir, overwrite)
+    spec, _ = resolve_base(run.model, run.source)
+    torch_dtype = torch_dtype_of(dtype)
+    tmpl = template_for(run.template, (run.final_dir,), spec)
+    with staged_output(out_dir, overwrite) as tmp:
+        tokenizer = load_tokenizer_for(spec, str(run.final_dir), prefer=run.final_dir)
+        model = load_base(spec, str(run.final_dir), torch_dtype)
+        save_merged(model, tokenizer, tmpl, tmp, getattr(model, "generation_config", None))
+    return Path(out_dir)
+
+
+def as_bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise XtError(f"Option '{key}' must be true or false, got '{value}'.")

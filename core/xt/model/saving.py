@@ -1,0 +1,152 @@
+"""Write the result of a run (``RUN/final``) so plain transformers / peft load it without xt.
+
+The folder holds the adapter (PEFT layout) or the full model, always as safetensors, plus the
+tokenizer with a Jinja ``chat_template`` rendering the run's template, ``generation_config.json``
+whose ``eos_token_id`` lists the template's stop ids, and ``xt_template.json`` (the TemplateSpec).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from xt.specs import SpecialToken, TemplateSpec
+
+TEMPLATE_FILE = "xt_template.json"
+
+
+def _pieces(part: Any) -> list[Any]:
+    return [part] if isinstance(part, str) and not isinstance(part, SpecialToken) else list(part)
+
+
+def _jinja_expr(part: Any, tokenizer: Any, var: str | None = None, key: str = "content") -> str:
+    """A template part as a Jinja expression (``~`` concatenation), or '' when the part is empty."""
+    terms: list[str] = []
+    for piece in _pieces(part):
+        if isinstance(piece, SpecialToken):
+            terms.append("bos_token" if piece == "bos" else "eos_token")
+        elif isinstance(piece, int):
+            terms.append(json.dumps(tokenizer.convert_ids_to_tokens(piece)))
+        else:
+            chunks = piece.split("{" + key + "}") if var else [piece]
+            for i, chunk in enumerate(chunks):
+                if i:
+                    terms.append(var)
+                if chunk:
+                    terms.append(json.dumps(chunk))
+    return "{{ " + " ~ ".join(terms) + " }}" if terms else ""
+
+
+def jinja_chat_template(template: TemplateSpec, tokenizer: Any) -> str:
+    """A Hugging Face chat template that frames messages as ``template`` does in xt."""
+    from xt.template import _split_assistant
+
+    default_system = json.dumps(template.default_system) if template.default_system else "none"
+    return "".join([
+        "{%- if messages and messages[0]['role'] == 'system' %}{%- set system = messages[0]['content'] %}"
+        f"{{%- set turns = messages[1:] %}}{{%- else %}}{{%- set system = {default_system} %}}"
+        "{%- set turns = messages %}{%- endif %}",
+        _jinja_expr(template.prefix, tokenizer),
+        "{%- if system %}", _jinja_expr(template.system, tokenizer, "system", "system"), "{%- endif %}",
+        "{%- for message in turns %}",
+        "{%- if message['role'] == 'user' %}", _jinja_expr(template.user, tokenizer, "message['content']"),
+        "{%- else %}", _jinja_expr(template.assistant, tokenizer, "message['content']"),
+        _jinja_expr(template.assistant_end, tokenizer),
+        "{%- if not loop.last %}", _jinja_expr(template.turn_sep, tokenizer), "{%- endif %}",
+        "{%- endif %}{%- endfor %}",
+        "{%- if add_generation_prompt %}", _jinja_expr(_split_assistant(template)[0], tokenizer), "{%- endif %}",
+    ])
+
+
+def template_to_json(template: TemplateSpec) -> dict[str, Any]:
+    """TemplateSpec fields as JSON (BOS / EOS written as ``{"special": "bos"}``)."""
+    def encode(value: Any) -> Any:
+        if isinstance(value, SpecialToken):
+            return {"special": str(value)}
+        if isinstance(value, (list, tuple)):
+            return [encode(v) for v in value]
+        return value
+
+    data = {k: encode(v) for k, v in asdict(template).items()}
+    for key in ("prefix", "system", "user", "assistant", "assistant_end", "turn_sep", "stop_words", "aliases"):
+        data[key] = encode(getattr(template, key))
+    return data
+
+
+def template_from_json(data: dict[str, Any]) -> TemplateSpec:
+    """Inverse of :func:`template_to_json`."""
+    from xt.specs import BOS, EOS
+
+    def decode(value: Any) -> Any:
+        if isinstance(value, dict) and "special" in value:
+            return BOS if value["special"] == "bos" else EOS
+        if isinstance(value, list):
+            return tuple(decode(v) for v in value)
+        return value
+
+    known = set(TemplateSpec.__dataclass_fields__)
+    return TemplateSpec(**{k: decode(v) for k, v in data.items() if k in known})
+
+
+def write_tokenizer_files(out: Path, tokenizer: Any, template: TemplateSpec, base_generation_config: Any = None) -> None:
+    """Tokenizer (with chat template), generation_config.json and xt_template.json."""
+    from transformers import GenerationConfig
+
+    tokenizer.chat_template = jinja_chat_template(template, tokenizer)
+    tokenizer.save_pretrained(str(out))
+    stop_ids = template.stop_token_ids(tokenizer)
+    gen = GenerationConfig.from_dict(base_generation_config.to_dict()) if base_generation_config is not None \
+        else GenerationConfig()
+    gen.eos_token_id = stop_ids if len(stop_ids) > 1 else stop_ids[0]
+    if tokenizer.pad_token_id is not None:
+        gen.pad_token_id = int(tokenizer.pad_token_id)
+    if tokenizer.bos_token_id is not None:
+        gen.bos_token_id = int(tokenizer.bos_token_id)
+    gen.save_pretrained(str(out))
+    (out / TEMPLATE_FILE).write_text(json.dumps(template_to_json(template), indent=2, ensure_ascii=False))
+
+
+def _gathered(model: Any, zero3: bool, only_trainable: bool) -> Any:
+    if not zero3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    params = [p for p in model.parameters() if p.requires_grad or not only_trainable]
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
+def save_final(model: Any, tokenizer: Any, template: TemplateSpec, out_dir: str | os.PathLike, *,
+               adapter: bool, zero3: bool = False, rank: int = 0) -> Path:
+    """Save the trained model as a Hugging Face folder; every rank calls it (ZeRO-3 gathers collectively).
+
+    Written to ``out_dir + '.tmp'`` first and renamed, so a crash never leaves a half-written result.
+    """
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    with _gathered(model, zero3, only_trainable=adapter):
+        if rank == 0:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+            if adapter:
+                model.save_pretrained(str(tmp), safe_serialization=True)
+            else:
+                state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+                use_cache = getattr(model.config, "use_cache", None)
+                model.config.use_cache = True  # training turns the cache off; inference wants it
+                try:
+                    model.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
+                finally:
+                    model.config.use_cache = use_cache
+    if rank == 0:
+        base = model.get_base_model() if adapter and hasattr(model, "get_base_model") else model
+        write_tokenizer_files(tmp, tokenizer, template, getattr(base, "generation_config", None))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    return out

@@ -1,0 +1,63 @@
+"""``xt train --nproc N`` / ``--hostfile F``: re-run the same command under torchrun or DeepSpeed's launcher."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from typing import Sequence
+
+from xt.errors import XtError
+
+LAUNCHED_ENV = "XT_LAUNCHED"
+
+
+def strip_launch_options(argv: Sequence[str]) -> list[str]:
+    """The command-line arguments without ``--nproc`` / ``--hostfile`` (and their values)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--nproc", "--hostfile"):
+            skip = True
+            continue
+        if arg.startswith(("--nproc=", "--hostfile=")):
+            continue
+        out.append(arg)
+    return out
+
+
+def launch_command(nproc: int, hostfile: str | None, argv: Sequence[str], script: str | None = None) -> list[str]:
+    """The launcher command that runs ``script argv`` (minus launch options) in ``nproc`` processes per node."""
+    from xt.train.dist import free_port
+
+    script = script or sys.argv[0]
+    args = strip_launch_options(argv)
+    if hostfile:
+        if not os.path.isfile(hostfile):
+            raise XtError(f"Hostfile '{hostfile}' does not exist; it lists 'host slots=N' lines for DeepSpeed's launcher.")
+        launcher = shutil.which("deepspeed")
+        if launcher is None:
+            raise XtError("--hostfile needs DeepSpeed's 'deepspeed' launcher on PATH; reinstall deepspeed.")
+        return [launcher, "--hostfile", hostfile, "--num_gpus", str(nproc), "--no_local_rank",
+                "--master_port", str(free_port()), script, *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--nnodes", "1",
+            "--master-addr", "127.0.0.1", "--master-port", str(free_port()), script, *args]
+
+
+def relaunch(nproc: int, hostfile: str | None, argv: Sequence[str] | None = None) -> int:
+    """Run the launcher and wait; returns its exit code."""
+    if nproc < 1:
+        raise XtError(f"--nproc must be at least 1, got {nproc}.")
+    cmd = launch_command(nproc, hostfile, sys.argv[1:] if argv is None else argv)
+    env = dict(os.environ, **{LAUNCHED_ENV: "1"})
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    print("xt train: launching " + " ".join(cmd), file=sys.stderr)
+    return subprocess.call(cmd, env=env)
+
+
+def already_launched() -> bool:
+    return os.environ.get(LAUNCHED_ENV) == "1" or "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ

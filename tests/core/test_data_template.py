@@ -1,0 +1,102 @@
+"""Label masks with real tokenizers: the loss-bearing tokens decode to exactly the replies + end token."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from xt.data.tokenize import BatchEncoder
+from xt.plugins import get_registry
+from xt.template import IGNORE_INDEX
+
+try:
+    from .test_data_support import gpt2_tokenizer, llama_tokenizer, shared_file
+except ImportError:
+    from test_data_support import gpt2_tokenizer, llama_tokenizer, shared_file
+
+CONVERSATIONS = [
+    {"messages": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "It is 4."}]},
+    {"messages": [{"role": "system", "content": "You answer briefly."},
+                  {"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."}]},
+    {"messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue, like the sky."},
+                  {"role": "user", "content": "And another one?"}, {"role": "assistant", "content": "Green\nas grass."}]},
+    {"messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"},
+                  {"role": "assistant", "content": "Hello there!"}, {"role": "user", "content": "Bye"},
+                  {"role": "assistant", "content": "Goodbye, friend."}]},
+]
+
+
+def _tokenizers():
+    return [("llama2", llama_tokenizer), ("gpt2", gpt2_tokenizer)]
+
+
+def end_ids_of(template_name, tokenizer) -> list[int]:
+    if template_name == "default":
+        return [tokenizer.eos_token_id]
+    return tokenizer.encode("<|im_end|>", add_special_tokens=False)
+
+
+def _spans(labels: list[int]) -> list[tuple[int, int]]:
+    spans, start = [], None
+    for i, label in enumerate(labels + [IGNORE_INDEX]):
+        if label != IGNORE_INDEX and start is None:
+            start = i
+        elif label == IGNORE_INDEX and start is not None:
+            spans.append((start, i))
+            start = None
+    return spans
+
+
+@pytest.mark.parametrize("tok_name,tok_fn", _tokenizers())
+@pytest.mark.parametrize("template_name", ["default", "chatml"])
+def test_labels_decode_to_replies_and_end_token(tok_name, tok_fn, template_name):
+    tokenizer = tok_fn()
+    template = get_registry().get("templates", template_name)
+    end = tokenizer.eos_token if template_name == "default" else "<|im_end|>"
+    for conv in CONVERSATIONS:
+        sample = template.encode(conv, tokenizer)
+        ids, labels = sample["input_ids"], sample["labels"]
+        assert len(ids) == len(labels)
+        assert all(label in (IGNORE_INDEX, tid) for label, tid in zip(labels, ids))
+        replies = [m["content"] for m in conv["messages"] if m["role"] == "assistant"]
+        spans = _spans(labels)
+        assert len(spans) == len(replies), (tok_name, template_name, conv)
+        for (a, b), reply in zip(spans, replies):
+            # The span is the reply's own tokens followed by the end token(s), nothing more.
+            end_ids = ids[b - len(end_ids_of(template_name, tokenizer)):b]
+            assert end_ids == end_ids_of(template_name, tokenizer)
+            assert tokenizer.decode(end_ids, skip_special_tokens=False).strip() == end
+            assert tokenizer.decode(ids[a:b - len(end_ids)], skip_special_tokens=False) == reply
+        # Everything outside the spans (prompt, system, user turns) carries no loss.
+        prompt_text = tokenizer.decode([t for t, label in zip(ids, labels) if label == IGNORE_INDEX])
+        for m in conv["messages"]:
+            if m["role"] != "assistant":
+                assert m["content"] in prompt_text
+        # The batch encoder gives exactly the same ids and labels.
+        assert BatchEncoder(template, tokenizer).encode([conv]) == [sample]
+
+
+@pytest.mark.parametrize("tok_fn", [llama_tokenizer, gpt2_tokenizer])
+def test_batch_encoder_matches_one_at_a_time_on_alpaca(tok_fn):
+    tokenizer = tok_fn()
+    rows = json.loads(shared_file("data", "alpaca", "alpaca_en_demo.json").read_text())[:200]
+    convs = [{"messages": [{"role": "user", "content": r["instruction"] + ("\n" + r["input"] if r["input"] else "")},
+                           {"role": "assistant", "content": r["output"]}]} for r in rows]
+    convs += CONVERSATIONS
+    for name in ("default", "chatml", "plain"):
+        template = get_registry().get("templates", name)
+        assert BatchEncoder(template, tokenizer).encode(convs) == [template.encode(c, tokenizer) for c in convs]
+
+
+def test_choose_template_order():
+    from xt.data import choose_template
+    from xt.specs import DatasetSpec, ModelSpec
+
+    model = ModelSpec(name="m", default_template="chatml")
+    plain_model = ModelSpec(name="m2")
+    dataset = DatasetSpec(name="d", map_row=dict, default_template="plain")
+    assert choose_template(model, dataset, "default").name == "default"
+    assert choose_template(model, dataset, None).name == "chatml"
+    assert choose_template(plain_model, dataset, None).name == "plain"
+    assert choose_template(plain_model, DatasetSpec(name="e", map_row=dict), None).name == "default"
+    assert choose_template(None, None, None).name == "default"
