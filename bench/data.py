@@ -68,7 +68,9 @@ def main() -> None:
         out = fn()
         return out, time.perf_counter() - start
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, python {platform.python_version()}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, python {platform.python_version()}, "
+          f"load average at start {load} (other jobs share the cores)")
     print(f"rows: {len(rows)} (alpaca_en_demo x{args.repeat}), tokenizer Llama-2, template default, "
           f"max_length {args.max_length}")
     (n_naive, tok_naive), t_naive = timed(lambda: naive(rows, template, tokenizer, args.max_length))

@@ -108,20 +108,23 @@ def load_chat_model(options: ChatOptions) -> ChatModel:
         spec, source = resolve_base(run.model, run.source)
         template_name = options.template or run.template
         kind = run.kind
+        model_args = run.model_args
         if run.adapter:
             if adapter is not None:
                 raise XtError(f"Run '{run_dir}' already has an adapter; drop --adapter or pass the base model.")
             adapter, model_dir = run.final_dir, None
         else:
             source, model_dir = str(run.final_dir), run.final_dir
+            model_args = {}  # the saved folder is complete
     else:
         spec, source = resolve_base(options.target)
         template_name, kind = options.template, spec.kind
+        model_args = {}
         model_dir = Path(source) if source and Path(source).is_dir() else None
 
-    tokenizer = load_tokenizer_for(spec, source, prefer=adapter or model_dir)
+    tokenizer = load_tokenizer_for(spec, source, prefer=adapter or model_dir, model_args=model_args)
     template = template_for(template_name, (adapter, model_dir), spec)
-    model = load_base(spec, source, dtype, **kwargs)
+    model = load_base(spec, source, dtype, **kwargs, **model_args)
     disable_bnb_avx512bf16(model)
     if adapter is not None:
         model = apply_adapter(model, adapter, merge=quant is None)

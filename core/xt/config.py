@@ -30,8 +30,9 @@ class TrainConfig:
     dataset: str = ""
     data_files: list[str] = field(default_factory=list)
     template: str | None = None
-    collator: str = "default"
+    collator: str = "default"  # "default" uses the model spec's extra["collator"] when it names one
     stage: str | None = None
+    image_folder: str | None = None  # where rows' images live (exported to plugins as $XT_IMAGE_FOLDER)
     # method
     method: Literal["lora", "qlora", "full"] = "lora"
     load_in_8bit: bool = False

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ class RunModel:
     adapter: bool           # final_dir holds a PEFT adapter
     template: str | None    # registered template name
     kind: str = "causal-lm"
+    model_args: dict[str, Any] = field(default_factory=dict)  # load_model kwargs the run used
 
 
 def torch_dtype_of(name: str) -> Any:
@@ -65,7 +66,8 @@ def describe_run(run_dir: str | os.PathLike) -> RunModel:
         raise XtError(f"Run '{run_dir}' names final folder '{info.final_dir}', which does not exist; the run "
                       f"directory is incomplete.")
     return RunModel(model=info.model, source=info.model_source, final_dir=final, adapter=bool(info.adapter),
-                    template=info.template, kind=info.kind)
+                    template=info.template, kind=info.kind,
+                    model_args=dict(info.model_args))
 
 
 def resolve_base(model: str, source: str | None = None) -> tuple[Any, str | None]:
@@ -77,26 +79,27 @@ def resolve_base(model: str, source: str | None = None) -> tuple[Any, str | None
 
 
 def load_base(spec: Any, source: str | None, dtype: Any, **kwargs: Any) -> Any:
-    """Call the spec's model loader (or the generic one) unquantized in ``dtype``."""
+    """Call the spec's model loader (or the generic one) unquantized in ``dtype``; ``kwargs`` include
+    the run's ``model_args``."""
     from xt.model.loading import load_hf_causal_lm
 
     loader = spec.load_model or load_hf_causal_lm
     return loader(source, dtype=dtype, **kwargs)
 
 
-def load_tokenizer_for(spec: Any, source: str | None, prefer: str | os.PathLike | None = None) -> Any:
+def load_tokenizer_for(spec: Any, source: str | None, prefer: str | os.PathLike | None = None,
+                       model_args: dict[str, Any] | None = None) -> Any:
     """The tokenizer saved next to an adapter / final model when there is one, else the spec's."""
     from xt.model.loading import ensure_pad_token, load_hf_tokenizer
+    from xt.model.setup import load_tokenizer
 
     if prefer is not None and any((Path(prefer) / f).is_file() for f in TOKENIZER_FILES):
         try:
             tokenizer = (spec.load_tokenizer or load_hf_tokenizer)(str(prefer))
         except Exception:
             tokenizer = load_hf_tokenizer(str(prefer))
-    elif spec.load_tokenizer is not None:
-        tokenizer = spec.load_tokenizer(source)
     else:
-        tokenizer = load_hf_tokenizer(source)
+        return load_tokenizer(spec, source, model_args=model_args)
     ensure_pad_token(tokenizer)
     return tokenizer
 
@@ -196,7 +199,7 @@ def save_merged(model: Any, tokenizer: Any, template: Any, out: Path, base_gener
 
 def merge_adapter(base: str, adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, *, dtype: str = "fp32",
                   overwrite: bool = False, template: str | None = None, source: str | None = None,
-                  trust_remote_code: bool = False) -> Path:
+                  trust_remote_code: bool = False, model_args: dict[str, Any] | None = None) -> Path:
     """``xt merge``: base (name, folder or hub id) + LoRA / QLoRA adapter -> merged full-precision folder."""
     adapter = Path(adapter_dir)
     from xt.run import is_run_dir
@@ -207,6 +210,7 @@ def merge_adapter(base: str, adapter_dir: str | os.PathLike, out_dir: str | os.P
             raise XtError(f"Run '{adapter}' trained the full model, there is no adapter to merge; use its "
                           f"final/ folder directly or 'xt export {adapter} --to hf'.")
         adapter, template = run.final_dir, template or run.template
+        model_args = {**run.model_args, **(model_args or {})}
     if not adapter.is_dir():
         raise XtError(f"Adapter folder '{adapter}' does not exist; pass the final/ folder of a LoRA run.")
     if not is_adapter_dir(adapter):
@@ -218,8 +222,8 @@ def merge_adapter(base: str, adapter_dir: str | os.PathLike, out_dir: str | os.P
     tmpl = template_for(template, (adapter,), spec)
     kwargs = {"trust_remote_code": True} if trust_remote_code else {}
     with staged_output(out_dir, overwrite) as tmp:
-        tokenizer = load_tokenizer_for(spec, base_source, prefer=adapter)
-        model = load_base(spec, base_source, torch_dtype, **kwargs)
+        tokenizer = load_tokenizer_for(spec, base_source, prefer=adapter, model_args=model_args)
+        model = load_base(spec, base_source, torch_dtype, **kwargs, **(model_args or {}))
         generation_config = getattr(model, "generation_config", None)
         merged = apply_adapter(model, adapter, merge=True).to(torch_dtype)
         save_merged(merged, tokenizer, tmpl, tmp, generation_config)
@@ -239,7 +243,7 @@ def export_hf(run_dir: str | os.PathLike, out_dir: str | os.PathLike, **options:
     run = describe_run(run_dir)
     if run.adapter:
         return merge_adapter(run.model, run.final_dir, out_dir, dtype=dtype, overwrite=overwrite,
-                             template=run.template, source=run.source)
+                             template=run.template, source=run.source, model_args=run.model_args)
     check_output_dir(out_dir, overwrite)
     spec, _ = resolve_base(run.model, run.source)
     torch_dtype = torch_dtype_of(dtype)

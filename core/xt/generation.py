@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import random
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from xt.specs import TemplateSpec
 

@@ -42,6 +42,7 @@ class RunInfo:
     adapter: bool = True            # final_dir holds a PEFT adapter (else a full model)
     status: str = "running"         # running | finished | failed
     xt_version: str = ""
+    model_args: dict[str, Any] = field(default_factory=dict)  # extra load_model kwargs the run used
     extra: dict[str, Any] = field(default_factory=dict)
 
     def save(self, run_dir: str | os.PathLike) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from xt.config import TrainConfig, from_dict, parse_overrides, resolve_config
 from xt.errors import XtError
 

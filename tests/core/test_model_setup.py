@@ -13,7 +13,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train_support import MODEL, make_model_dir, register_test_plugin  # noqa: E402
-
 from xt.errors import XtError  # noqa: E402
 
 
@@ -77,7 +76,7 @@ def _reference_fp32(qmodel):
     from bitsandbytes.functional import dequantize_4bit
 
     ref = copy.deepcopy(qmodel)
-    for name, module in list(ref.named_modules()):
+    for _name, module in list(ref.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, bnb.nn.Linear4bit):
                 weight = dequantize_4bit(child.weight.data, child.weight.quant_state).float()

@@ -11,7 +11,6 @@ from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train_support import DATASET, MODEL, make_model_dir, register_test_plugin  # noqa: E402
-
 from xt.cli import cli  # noqa: E402
 
 
@@ -26,7 +25,7 @@ def test_dry_run_counts_parameters_on_meta_and_measures_data(model_dir, tmp_path
     result = CliRunner().invoke(cli, ["train", "--model", MODEL, "--dataset", DATASET, "--dry-run",
                                       "--set", "max_length=64", "--output", str(tmp_path / "never")])
     assert result.exit_code == 0, result.output
-    assert "parameters: 211,680 total" in result.output
+    assert "parameters: 203,488 total" in result.output
     assert "8,192 trainable" in result.output  # LoRA r=8 on all linear layers but the head
     assert "memory per device" in result.output and "training rows" in result.output
     assert not (tmp_path / "never").exists()

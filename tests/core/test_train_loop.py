@@ -12,7 +12,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train_support import DATASET, MODEL, make_model_dir, register_test_plugin  # noqa: E402
-
 from xt.errors import XtError  # noqa: E402
 
 
@@ -117,13 +116,12 @@ def test_result_loads_and_generates_without_xt(runs, tmp_path):
     args = [sys.executable, str(script), str(runs["lora-z0"] / "final"), str(runs["full-z2"] / "final")]
     out = subprocess.run(args, capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "OK PeftModel <s><|user|>|1+2|<|assistant|>|" in out.stdout
+    assert "OK PeftModelForCausalLM <s><|user|>|1+2|<|assistant|>|" in out.stdout
     assert "OK LlamaForCausalLM <s><|user|>|1+2|<|assistant|>|" in out.stdout
 
 
 def test_chat_template_matches_xt_framing(runs):
     from transformers import AutoTokenizer
-
     from xt.plugins import get_registry
 
     tok = AutoTokenizer.from_pretrained(str(runs["lora-z0"] / "final"))

@@ -34,7 +34,6 @@ def make_model_dir(folder: Path, hidden_size: int = 32) -> Path:
     """Save a tiny random Llama and the tiny tokenizer as a Hugging Face folder (idempotent)."""
     import torch
     from transformers import LlamaForCausalLM
-
     from xt.tokenizers import tiny_tokenizer
 
     if (folder / "config.json").is_file():
@@ -69,13 +68,18 @@ class TrainTestPlugin:
     def __init__(self, model_dir: Path) -> None:
         self.model_dir = Path(model_dir)
 
+    def config(self) -> Any:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(str(self.model_dir))
+
     @hookimpl
     def model_loader(self, register: Any) -> None:
         from xt.model.loading import load_hf_causal_lm, load_hf_tokenizer
 
         register(ModelSpec(
             name=MODEL, source=str(self.model_dir), load_model=load_hf_causal_lm, load_tokenizer=load_hf_tokenizer,
-            config=lambda: llama_config(388), default_template="default",
+            config=self.config, default_template="default",
             extra={"stages": {"warm": {"lr": 0.005, "max_steps": 3}}},
         ))
 

@@ -27,12 +27,15 @@ from xt.errors import XtError
               help="Continue from the latest checkpoint of DIR (default: the output folder).")
 @click.option("--nproc", type=int, default=None, help="Processes per node (re-launches through torchrun).")
 @click.option("--hostfile", type=click.Path(), help="DeepSpeed hostfile for multi-node runs.")
+@click.option("--stage", help="Training stage the model plugin defines (e.g. pretrain, finetune for llava-*).")
+@click.option("--image-folder", type=click.Path(file_okay=False), help="Folder with the images rows refer to.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (parameters, memory, data, steps) and exit.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in the output folder.")
 def train_command(config_file: str | None, config_opt: str | None, model: str | None, dataset: str | None,
                   template: str | None, method: str | None, data_files: tuple[str, ...], model_path: str | None,
                   output: str | None, overrides: tuple[str, ...], resume: str | None, nproc: int | None,
-                  hostfile: str | None, dry_run: bool, overwrite: bool) -> None:
+                  hostfile: str | None, stage: str | None, image_folder: str | None, dry_run: bool,
+                  overwrite: bool) -> None:
     """Fine-tune a model (LoRA, QLoRA or full) with DeepSpeed.
 
     \b
@@ -56,7 +59,8 @@ def train_command(config_file: str | None, config_opt: str | None, model: str | 
                               f"--output folder to --resume.")
             config_path = str(run_config)
     cli_values = {"model": model, "dataset": dataset, "template": template, "method": method,
-                  "data_files": list(data_files) or None, "model_path": model_path, "output": output}
+                  "data_files": list(data_files) or None, "model_path": model_path, "output": output,
+                  "stage": stage, "image_folder": image_folder}
     cfg = resolve_config(config_path, cli_values, overrides)
     if isinstance(resume_value, str) and not output:
         cfg.output = str(Path(resume_value)) if (Path(resume_value) / "config.yaml").is_file() \

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -152,10 +153,16 @@ def is_complete(entry: str) -> bool:
 
 def wait_for_entry(entry: str, rank: int, poll: float = POLL_SECONDS) -> None:
     """Block until rank 0 has written ``entry`` or reported failure (no fixed timeout)."""
+    started = last_note = time.monotonic()
     while not is_complete(entry):
         message = _fresh_error(entry)
         if message is not None:
             raise XtError(f"Rank 0 failed to build the dataset this rank {rank} waits for: {message}")
+        if time.monotonic() - last_note > 120:
+            last_note = time.monotonic()
+            logging.getLogger("xt.data").warning(
+                "rank %d has waited %.0f s for rank 0 to write the data cache %s; the cache dir must be a folder "
+                "all ranks see (set --cache-dir / XT_CACHE_DIR)", rank, last_note - started, entry)
         time.sleep(poll)
 
 

@@ -39,12 +39,18 @@ class LoadedModel:
     adapter: bool       # the result is a PEFT adapter
 
 
-def load_tokenizer(spec: Any, source: str | None, trust_remote_code: bool = False) -> Any:
-    """The model spec's tokenizer, with a pad token guaranteed."""
+def load_tokenizer(spec: Any, source: str | None, trust_remote_code: bool = False,
+                   model_args: dict[str, Any] | None = None) -> Any:
+    """The model spec's tokenizer, with a pad token guaranteed.
+
+    Specs with ``extra["tokenizer_model_args"]`` (e.g. multimodal models assembled from parts) get
+    the run's ``model_args`` too.
+    """
     from xt.model.loading import ensure_pad_token
 
     if spec.load_tokenizer is not None:
-        tokenizer = spec.load_tokenizer(source)
+        extra_args = dict(model_args or {}) if spec.extra.get("tokenizer_model_args") else {}
+        tokenizer = spec.load_tokenizer(source, **extra_args)
     else:
         tokenizer = load_hf_tokenizer(source, trust_remote_code=trust_remote_code)
     ensure_pad_token(tokenizer)
@@ -127,7 +133,7 @@ def build_model(cfg: Any, spec: Any, tokenizer: Any = None) -> LoadedModel:
     dtype = resolve_dtype(cfg.dtype)
     attn = choose_attention(cfg.attn)
     if tokenizer is None:
-        tokenizer = load_tokenizer(spec, source, cfg.trust_remote_code)
+        tokenizer = load_tokenizer(spec, source, cfg.trust_remote_code, cfg.model_args)
     model = load_base_model(cfg, spec, source, dtype, attn)
     if getattr(model, "config", None) is not None:
         model.config.use_cache = False

@@ -10,8 +10,9 @@ reported as ``accuracy: X%``.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from xt.template import IGNORE_INDEX
 from xt.train.dist import all_reduce_sum

@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from xt.errors import XtError
 

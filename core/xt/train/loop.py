@@ -104,6 +104,19 @@ def build_data(cfg: TrainConfig, dataset_spec: Any, template: Any, tokenizer: An
     return train, None
 
 
+def safe_pad_id(tokenizer: Any, model: Any) -> int:
+    """The tokenizer's pad id when the model can embed it, else EOS / 0.
+
+    Some tokenizers name a pad token outside the model's vocabulary (Llama-2's ``<pad>`` is id 32000
+    of a 32000-row embedding); packed rows carry no attention mask, so pads do reach the embedding.
+    """
+    rows = model.get_input_embeddings().num_embeddings if hasattr(model, "get_input_embeddings") else None
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None and (rows is None or 0 <= candidate < rows):
+            return int(candidate)
+    return 0
+
+
 def _to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
     return {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()}
 
@@ -116,7 +129,6 @@ def _real_tokens(batch: dict[str, Any]) -> int:
 def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool = False) -> Path:
     """Train as ``cfg`` says; returns the run directory. Runs the same on 1 or N processes."""
     import deepspeed
-    import torch
     from tqdm.auto import tqdm
 
     from xt import __version__
@@ -148,6 +160,8 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     if error:
         raise XtError(error)
     seed_everything(cfg.seed)
+    if cfg.image_folder:
+        os.environ["XT_IMAGE_FOLDER"] = str(cfg.image_folder)
 
     # ---- model, tokenizer, template, data
     registry = get_registry()
@@ -157,11 +171,17 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     loaded = build_model(cfg, model_spec)
     model, tokenizer = loaded.model, loaded.tokenizer
     train_rows, val_rows = build_data(cfg, dataset_spec, template, tokenizer, rank, world)
-    collator_spec = registry.get("collators", cfg.collator)
-    collate = collator_spec.factory(tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id,
-                                    attn_implementation=loaded.attn)
-    sampler = ResumableBatchSampler(train_rows.lengths, cfg.micro_batch_size, rank=rank, world_size=world,
-                                    seed=cfg.seed, shuffle=True, group_by_length=cfg.group_by_length and not cfg.pack)
+    collator_name = cfg.collator if cfg.collator != "default" else model_spec.extra.get("collator", "default")
+    collate = registry.get("collators", collator_name).factory(
+        tokenizer=tokenizer, pad_token_id=safe_pad_id(tokenizer, model), attn_implementation=loaded.attn)
+    make_sampler = model_spec.extra.get("batch_sampler")  # e.g. modality-grouped batches for multimodal models
+    if make_sampler is not None:
+        sampler = make_sampler(train_rows, cfg.micro_batch_size, rank=rank, world_size=world, seed=cfg.seed,
+                               shuffle=True, group_by_length=cfg.group_by_length and not cfg.pack, drop_last=True)
+    else:
+        sampler = ResumableBatchSampler(train_rows.lengths, cfg.micro_batch_size, rank=rank, world_size=world,
+                                        seed=cfg.seed, shuffle=True,
+                                        group_by_length=cfg.group_by_length and not cfg.pack)
     steps_per_epoch = len(sampler) // cfg.grad_accum
     if steps_per_epoch == 0:
         raise XtError(f"The dataset has {len(train_rows)} rows, fewer than one optimizer step needs "
@@ -187,6 +207,7 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     metrics = MetricsLog(run_dir, enabled=main, resume_step=start_step if resume_ckpt is not None else None)
     info = RunInfo(model=cfg.model, model_source=loaded.source, template=template.name, method=cfg.method,
                    dataset=cfg.dataset, kind=model_spec.kind, adapter=loaded.adapter, xt_version=__version__,
+                   model_args=dict(cfg.model_args),
                    extra={"total_steps": total_steps, "world_size": world})
     total_params, trainable_params = count_parameters(engine.module)
     if main:

@@ -7,6 +7,7 @@ available offline.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
 from dataclasses import dataclass, field
@@ -31,16 +32,17 @@ class ModelCount:
 def count_from_config(config: Any) -> ModelCount:
     """Build the architecture on the meta device and count its parameters (no memory, no download)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     with torch.device("meta"):
-        try:
-            model = AutoModelForCausalLM.from_config(config)
-        except Exception:
-            model_cls = getattr(config, "xt_model_class", None)
-            if model_cls is None:
-                raise
+        model_cls = getattr(config, "xt_model_class", None)
+        if model_cls is not None:
             model = model_cls(config)
+        else:
+            try:
+                model = AutoModelForCausalLM.from_config(config)
+            except ValueError:  # vision-language configs (LlavaConfig, ...) are not causal-LM configs
+                model = AutoModelForImageTextToText.from_config(config)
     total = sum(p.numel() for p in model.parameters())
     linears = [(name, m.in_features, m.out_features) for name, m in model.named_modules()
                if isinstance(m, torch.nn.Linear)]
@@ -89,8 +91,26 @@ def estimate_memory(cfg: TrainConfig, count: ModelCount, trainable: int, dtype: 
             "activations": activations / GIB, "total": (weights + grads + optim + activations) / GIB}
 
 
+@contextlib.contextmanager
+def hub_offline() -> Any:
+    """Hugging Face Hub requests fail at once inside (a dry run never downloads)."""
+    import huggingface_hub.constants as hub_constants
+
+    saved = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = saved
+
+
 def dataset_summary(cfg: TrainConfig, world: int) -> str:
     """Rows, tokens and steps per epoch, or why the data could not be measured offline."""
+    with hub_offline():
+        return _dataset_summary(cfg, world)
+
+
+def _dataset_summary(cfg: TrainConfig, world: int) -> str:
     try:
         from xt.data import DataOptions, build_dataset
         from xt.data.pipeline import choose_template
@@ -101,7 +121,7 @@ def dataset_summary(cfg: TrainConfig, world: int) -> str:
         model_spec = registry.resolve_model(cfg.model)
         dataset_spec = registry.get("datasets", cfg.dataset)
         source = cfg.model_path or model_spec.source
-        tokenizer = load_tokenizer(model_spec, source, cfg.trust_remote_code)
+        tokenizer = load_tokenizer(model_spec, source, cfg.trust_remote_code, cfg.model_args)
         template = choose_template(model_spec, dataset_spec, cfg.template)
         options = DataOptions(data_files=cfg.data_files or None, max_length=cfg.max_length,
                               length_policy=cfg.length_policy, pack=cfg.pack, skip_bad_rows=cfg.skip_bad_rows,
@@ -127,6 +147,10 @@ def plan(cfg: TrainConfig, world: int = 1) -> str:
     from xt.model.setup import resolve_dtype
     from xt.plugins import get_registry
 
+    if cfg.image_folder:
+        import os
+
+        os.environ["XT_IMAGE_FOLDER"] = str(cfg.image_folder)
     spec = get_registry().resolve_model(cfg.model)
     dtype = resolve_dtype(cfg.dtype)
     lines = [f"model: {cfg.model} (source: {cfg.model_path or spec.source or 'built from a config'})",
@@ -140,7 +164,9 @@ def plan(cfg: TrainConfig, world: int = 1) -> str:
         try:
             from transformers import AutoConfig
 
-            config = AutoConfig.from_pretrained(cfg.model_path or spec.source, trust_remote_code=cfg.trust_remote_code)
+            with hub_offline():
+                config = AutoConfig.from_pretrained(cfg.model_path or spec.source,
+                                                    trust_remote_code=cfg.trust_remote_code)
         except Exception:
             config = None
     if config is None:

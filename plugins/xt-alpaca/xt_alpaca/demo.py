@@ -10,7 +10,8 @@ entities after a space, so every answer is a mapping between whole-word tokens o
 :func:`xt.tokenizers.tiny_tokenizer`.
 
 Rows are Alpaca rows (``instruction``, ``input`` = "", ``output``) plus ``task``; which phrasing is
-held out, and the row order, follow the seed given to :func:`generate_rows`.
+held out, and the row order, follow the seed given to :func:`generate_rows`. Tasks with few facts (days, months) repeat their training
+rows so that every task gets a similar share of the training steps.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 
 SPLITS = ("train", "test")
 DEFAULT_SEED = 42
+#: Small tasks (days, months, ...) repeat their training rows up to about this many rows.
+MIN_TRAIN_ROWS_PER_TASK = 120
 
 
 @dataclass(frozen=True)
@@ -158,11 +161,14 @@ def _split_rows(seed: int) -> dict[str, list[dict[str, Any]]]:
         facts = list(task.facts)
         rng.shuffle(facts)
         offset = rng.randrange(len(task.phrasings))
+        train: list[dict[str, Any]] = []
         for i, (x, answer) in enumerate(facts):
             held_out = (i + offset) % len(task.phrasings)
             for p, phrasing in enumerate(task.phrasings):
                 row = {"instruction": phrasing.format(x=x), "input": "", "output": answer, "task": task.name}
-                rows["test" if p == held_out else "train"].append(row)
+                (rows["test"] if p == held_out else train).append(row)
+        repeats = max(1, round(MIN_TRAIN_ROWS_PER_TASK / len(train)))
+        rows["train"] += train * repeats
     train_prompts = {r["instruction"] for r in rows["train"]}
     rows["test"] = [r for r in rows["test"] if r["instruction"] not in train_prompts]
     for split in SPLITS:
@@ -170,11 +176,23 @@ def _split_rows(seed: int) -> dict[str, list[dict[str, Any]]]:
     return rows
 
 
-def generate_rows(split: str = "train", seed: int = DEFAULT_SEED) -> list[dict[str, Any]]:
-    """The rows of ``split`` ("train" or "test") for ``seed``; the same seed gives the same rows."""
+def generate_rows(split: str = "train", seed: int = DEFAULT_SEED, revision: str | None = None) -> list[dict[str, Any]]:
+    """The rows of ``split`` ("train" or "test") for ``seed``; the same seed gives the same rows.
+
+    ``revision`` is ignored: the plugin binds it to a hash of this file so data caches keyed on the
+    generator change when the tables do.
+    """
     if split not in SPLITS:
         raise ValueError(f"alpaca-demo has splits {', '.join(SPLITS)}, not {split!r}")
     return _split_rows(int(seed))[split]
+
+
+#: A few rows in the dataset's own format, for the conformance kit and docs.
+SAMPLE_ROWS = (
+    {"instruction": "What is the capital of France?", "input": "", "output": "Paris", "task": "capital"},
+    {"instruction": "Write 42 in words.", "input": "", "output": "forty-two", "task": "to-words"},
+    {"instruction": "Is 7 even or odd?", "input": "", "output": "odd", "task": "parity"},
+)
 
 
 def _normalise(text: str) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+from importlib import resources
 from typing import Any
 
 from xt import hookimpl
@@ -13,7 +16,7 @@ from xt_alpaca.templates import alpaca_template, demo_template
 
 #: Said when a hub dataset of this plugin cannot be downloaded (read by the data loader).
 OFFLINE_HINT = ("pass a local Alpaca-format file with --data-files PATH (json, jsonl, parquet or csv rows with "
-                "instruction, input, output), or train on the offline demo set with --dataset alpaca-demo")
+                "instruction, input, output), or train on the offline demo set with --dataset alpaca-demo.")
 
 #: (name, hub id, what it is) of the Alpaca-format datasets on the Hugging Face hub.
 HUB_DATASETS = (
@@ -33,8 +36,11 @@ SAMPLE_ROWS = (
 )
 
 
-def _demo_rows(split: str, seed: int) -> list[dict[str, Any]]:
-    return demo.generate_rows(split, seed)
+def _demo_generator() -> Any:
+    """``demo.generate_rows`` bound to a hash of the demo's source, so caches keyed on the generator
+    (which see only its own code and arguments) notice any change to the fact tables."""
+    source = resources.files("xt_alpaca").joinpath("demo.py").read_bytes()
+    return functools.partial(demo.generate_rows, revision=hashlib.sha256(source).hexdigest()[:16])
 
 
 @hookimpl
@@ -54,9 +60,9 @@ def dataset_map(register: Any) -> None:
         description="Offline instruction set made in code (facts, number words, parity...): a tiny model "
                     "learns it in minutes on a CPU; exact-match accuracy on held-out phrasings.",
         map_row=map_alpaca_row,
-        generate=_demo_rows,
+        generate=_demo_generator(),
         splits=demo.SPLITS,
-        sample_rows=tuple(demo.generate_rows("train", demo.DEFAULT_SEED)[:3]),
+        sample_rows=demo.SAMPLE_ROWS,
         default_template="alpaca-demo",
         scorer=demo.exact_match,
         extra={"recommended_config": "xt_alpaca/configs/demo.yaml"},

@@ -6,7 +6,8 @@ RUN --image PATH`` as ``ModelSpec.extra['answer_image']``.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from xt.errors import XtError
 
@@ -45,7 +46,6 @@ def answer(model: Any, processor: Any, template: Any, image: str, messages: Sequ
            max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0) -> str:
     """The reply to ``messages`` (ending with a user turn) about the image at ``image``."""
     import torch
-
     from xt.generation import _clean, preserved_training_state
 
     from xt_llava.processor import as_llava_processor

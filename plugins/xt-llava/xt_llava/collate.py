@@ -11,7 +11,8 @@ cut off by truncation is dropped with it.
 from __future__ import annotations
 
 import io
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from xt.errors import XtError
 from xt.template import IGNORE_INDEX

@@ -458,3 +458,16 @@ def load_projector(model: Any, path: Any) -> None:
     with torch.no_grad():
         for key, param in projector.state_dict().items():
             param.copy_(weights[key].to(param.dtype))
+
+
+def vicuna_7b_llava_config() -> Any:
+    """LLaVA-1.5-7B's architecture (Vicuna-7B v1.5 + CLIP ViT-L/14-336), known offline for dry runs."""
+    from transformers import LlamaConfig, LlavaConfig
+
+    from xt_llava.encoders import clip_large_336_config
+
+    text = LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5)
+    return LlavaConfig(vision_config=clip_large_336_config(), text_config=text, image_token_id=32000,
+                       image_seq_length=576, projector_hidden_act="gelu", vision_feature_layer=-2,
+                       vision_feature_select_strategy="default")

@@ -15,7 +15,6 @@ import os
 from typing import Any
 
 from transformers import LlavaProcessor
-
 from xt.errors import XtError
 
 IMAGE_TOKEN = "<image>"

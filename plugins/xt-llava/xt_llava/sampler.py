@@ -10,7 +10,8 @@ same rank slicing), so the training loop can use either.
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 MEGA_BATCHES = 50
 

@@ -208,7 +208,8 @@ def export_lmdeploy(run_dir: str | os.PathLike, out_dir: str | os.PathLike, **op
         try:
             hf_dir = scratch / "hf"
             if run is not None and run.adapter:
-                merge_adapter(run.model, run.final_dir, hf_dir, dtype=dtype, template=run.template, source=run.source)
+                merge_adapter(run.model, run.final_dir, hf_dir, dtype=dtype, template=run.template, source=run.source,
+                              model_args=run.model_args)
             else:
                 shutil.copytree(model_dir, hf_dir)
             config = _read_config(hf_dir) or {}

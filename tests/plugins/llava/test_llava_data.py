@@ -1,0 +1,151 @@
+"""LLaVA rows -> conversations -> samples -> batches: formats, image tokens, bad input, the sampler."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from xt.errors import XtError
+
+from tests.conftest import shared_path
+
+
+def _processor():
+    from xt.plugins import get_registry
+
+    return get_registry().get("models", "llava-tiny").load_tokenizer(None)
+
+
+def _build(rows: list[dict], folder: Path | None, tmp_path: Path, **options):
+    from xt.data import DataOptions, build_dataset
+    from xt.plugins import get_registry
+    from xt_llava.data import llava_dataset
+
+    data = tmp_path / "rows.json"
+    data.write_text(json.dumps(rows))
+    spec = llava_dataset("test-llava", [str(data)], image_folder=str(folder) if folder else None)
+    return build_dataset(spec, get_registry().get("templates", "default"), _processor(),
+                         DataOptions(data_files=[str(data)], max_length=128, pack=False, use_cache=False, **options))
+
+
+def _row(rid: str, image: str | None, question: str = "What is shown?\n<image>") -> dict:
+    row = {"id": rid, "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": "A dog."}]}
+    if image is not None:
+        row["image"] = image
+    return row
+
+
+@pytest.fixture
+def images() -> Path:
+    return shared_path("data", "llava", "images")
+
+
+def test_llava_json_first_turn_is_normalised(images):
+    from xt_llava.data import map_llava_row
+
+    dog = sorted(os.listdir(images))[0]
+    conv = map_llava_row(_row("r1", dog, "Look at this  <image>  please"), image_folder=str(images))
+    assert conv["messages"][0] == {"role": "user", "content": "<image>\nLook at this    please"}
+    assert conv["images"] == [str(images / dog)]
+    conv = map_llava_row(_row("r2", dog, "No placeholder here"), image_folder=str(images))
+    assert conv["messages"][0]["content"] == "<image>\nNo placeholder here"
+
+
+def test_shared_openai_style_rows_map(images):
+    from xt_llava.data import map_llava_row
+
+    for name, n_images in (("mllm_sft_single_image_example_data.jsonl", 1), ("mllm_sft_multi_image_example_data.jsonl", 2)):
+        lines = shared_path("data", "llava", name).read_text().splitlines()
+        for line in lines:
+            row = json.loads(line)
+            conv = map_llava_row(row, image_folder=str(images))  # 'resource/<name>' found by its file name
+            placeholders = sum(m["content"].count("<image>") for m in conv["messages"])
+            assert placeholders == len(conv["images"]) >= 1
+            assert "<IMG_CONTEXT>" not in json.dumps(conv["messages"], ensure_ascii=False)
+        first = map_llava_row(json.loads(lines[0]), image_folder=str(images))
+        assert len(first["images"]) == n_images and all(Path(p).is_file() for p in first["images"])
+        assert first["messages"][0]["content"].startswith("<image>\n" * n_images)
+
+
+def test_image_tokens_expand_to_the_encoder_grid(images, tmp_path):
+    import torch
+    from xt_llava.encoders import clip_image_processor, clip_large_336_config, tokens_per_image
+    from xt_llava.processor import make_processor
+
+    assert tokens_per_image(clip_large_336_config()) == 576
+    big = make_processor(_processor().tokenizer, clip_image_processor(336), 14)
+    assert big.tokens_per_image == 576
+
+    rows = [_row("img", sorted(os.listdir(images))[0]), _row("text", None, "Say hi.")]
+    dataset = _build(rows, images, tmp_path)
+    processor = _processor()
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert [s["input_ids"].count(image_id) for s in (dataset[0], dataset[1])] == [1, 0]  # one token per image
+    from xt.plugins import get_registry
+
+    collate = get_registry().get("collators", "llava").factory(tokenizer=processor, pad_token_id=processor.pad_token_id)
+    batch = collate([dataset[0], dataset[1]])  # an image row and a text-only row together
+    assert batch["pixel_values"].shape == (1, 3, 28, 28)
+    assert int((batch["input_ids"][0] == image_id).sum()) == 4 and int((batch["input_ids"][1] == image_id).sum()) == 0
+    assert bool((batch["labels"][batch["input_ids"] == image_id] == -100).all())
+    n = len(dataset[0]["input_ids"]) + 3
+    assert batch["position_ids"][0, :n].tolist() == list(range(n))
+    model = get_registry().get("models", "llava-tiny").load_model(None, dtype=torch.float32)
+    out = model(**{k: v for k, v in batch.items() if k != "labels"}, labels=batch["labels"])
+    assert torch.isfinite(out.loss)
+
+
+def test_bad_rows_fail_naming_the_row(images, tmp_path):
+    dog = sorted(os.listdir(images))[0]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"this is not a jpeg")
+    cases = {
+        "missing-1": (_row("missing-1", "000000999999.jpg"), "not found"),
+        "twice-2": (_row("twice-2", dog, "<image> and <image> again"), "2 '<image>' placeholders for 1 image"),
+        "broken-3": (_row("broken-3", str(broken)), "not a readable image"),
+    }
+    for rid, (row, reason) in cases.items():
+        with pytest.raises(XtError) as info:
+            _build([_row("good", dog), row], images, tmp_path)
+        message = str(info.value)
+        assert rid in message and reason in message and "1 of 2 rows" in message, message
+    dataset = _build([_row("good", dog)] + [r for r, _ in cases.values()], images, tmp_path, skip_bad_rows=True)
+    assert len(dataset) == 1 and dataset.stats["skipped"] == 3
+
+
+def test_registered_dataset_reads_the_image_folder_from_the_environment(images, monkeypatch):
+    from xt.plugins import get_registry
+
+    dog = sorted(os.listdir(images))[0]
+    spec = get_registry().get("datasets", "llava")
+    monkeypatch.setenv("XT_IMAGE_FOLDER", str(images))
+    assert spec.map_row(_row("r", dog))["images"] == [str(images / dog)]
+    monkeypatch.delenv("XT_IMAGE_FOLDER")
+    from xt.specs import RowError
+
+    with pytest.raises(RowError, match="XT_IMAGE_FOLDER"):
+        spec.map_row(_row("r", dog))
+
+
+def test_modality_grouped_sampler_keeps_batches_pure_and_resumes():
+    from xt_llava.sampler import ModalityGroupedBatchSampler
+
+    has_image = [i % 3 != 0 for i in range(40)]
+    lengths = [10 + i for i in range(40)]
+    sampler = ModalityGroupedBatchSampler(lengths, 2, has_image=has_image, rank=1, world_size=2, seed=3,
+                                          group_by_length=True)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 13 // 4 + 27 // 4
+    assert all(len({has_image[i] for i in b}) == 1 for b in batches)
+    assert {has_image[b[0]] for b in batches} == {True, False}
+    again = ModalityGroupedBatchSampler(lengths, 2, has_image=has_image, rank=1, world_size=2, seed=3,
+                                        group_by_length=True)
+    it = iter(again)
+    first = [next(it) for _ in range(3)]
+    state = again.state_dict()
+    resumed = ModalityGroupedBatchSampler(lengths, 2, has_image=has_image, rank=1, world_size=2, seed=3,
+                                          group_by_length=True)
+    resumed.load_state_dict(state)
+    assert first + list(resumed) == batches
