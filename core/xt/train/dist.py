@@ -26,16 +26,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+SELF_LAUNCH_MARK = "XT_SINGLE_PROCESS_GROUP"
+
+
 def init_distributed() -> DistInfo:
     """Join (or, for a single process without a launcher, create) the default process group."""
     import deepspeed
     import torch
     import torch.distributed as dist
 
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    # A process that set up its own single-process group marks it with its pid: a child process
+    # inheriting that environment is not launched by torchrun and must pick its own port.
+    inherited = os.environ.get(SELF_LAUNCH_MARK, str(os.getpid())) != str(os.getpid())
+    if inherited or "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+        os.environ[SELF_LAUNCH_MARK] = str(os.getpid())
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():

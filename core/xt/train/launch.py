@@ -53,11 +53,22 @@ def relaunch(nproc: int, hostfile: str | None, argv: Sequence[str] | None = None
     if nproc < 1:
         raise XtError(f"--nproc must be at least 1, got {nproc}.")
     cmd = launch_command(nproc, hostfile, sys.argv[1:] if argv is None else argv)
-    env = dict(os.environ, **{LAUNCHED_ENV: "1"})
+    from xt.train.dist import SELF_LAUNCH_MARK
+
+    # Drop a single-process group set up earlier in this environment (e.g. by an in-process run):
+    # the launcher gives each child its own rank, world size and port.
+    inherited = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", SELF_LAUNCH_MARK)
+    env = {k: v for k, v in os.environ.items() if SELF_LAUNCH_MARK not in os.environ or k not in inherited}
+    env[LAUNCHED_ENV] = "1"
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     print("xt train: launching " + " ".join(cmd), file=sys.stderr)
     return subprocess.call(cmd, env=env)
 
 
 def already_launched() -> bool:
-    return os.environ.get(LAUNCHED_ENV) == "1" or "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+    """True inside a process started by torchrun / DeepSpeed's launcher (not a self-made single-process group)."""
+    from xt.train.dist import SELF_LAUNCH_MARK
+
+    if os.environ.get(LAUNCHED_ENV) == "1":
+        return True
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ and SELF_LAUNCH_MARK not in os.environ

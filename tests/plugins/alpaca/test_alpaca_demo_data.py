@@ -82,3 +82,17 @@ def test_registered_generator_and_demo_prompt() -> None:
     assert prompt == demo.heldout_prompt(42)
     assert prompt in {r["instruction"] for r in demo.generate_rows("test", 42)}
     assert prompt not in {r["instruction"] for r in demo.generate_rows("train", 42)}
+
+
+def test_shipped_demo_config_is_valid_and_its_shown_prompts_are_held_out() -> None:
+    from importlib import resources
+
+    from xt.config import resolve_config
+
+    path = resources.files("xt_alpaca").joinpath("configs", "demo.yaml")
+    cfg = resolve_config(str(path))
+    assert (cfg.model, cfg.dataset, cfg.template, cfg.method, cfg.eval_split) == \
+        ("baichuan2-tiny", "alpaca-demo", "alpaca-demo", "full", "test")
+    test = {r["instruction"] for r in demo.generate_rows("test", cfg.seed)}
+    train = {r["instruction"] for r in demo.generate_rows("train", cfg.seed)}
+    assert cfg.eval_prompts and all(p in test and p not in train for p in cfg.eval_prompts)

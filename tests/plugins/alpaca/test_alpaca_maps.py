@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from xt.plugins import get_registry
 from xt.specs import RowError, conversation_problems
 from xt.tokenizers import tiny_tokenizer

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from xt.tokenizers import N_RESERVED, tiny_tokenizer, word_list
 
 
