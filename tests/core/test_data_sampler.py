@@ -66,3 +66,23 @@ def test_state_dict_resumes_exactly_mid_epoch():
     resumed.set_epoch(2)  # what a training loop does at the top of the epoch: keeps the position
     assert head + _epoch(resumed) == expected
     assert resumed.state_dict()["epoch"] == 3 and resumed.state_dict()["position"] == 0
+
+
+def test_groups_never_share_a_global_batch_and_resume_exactly():
+    from xt.data import ResumableBatchSampler
+
+    lengths = list(range(1, 42))
+    groups = [i % 3 == 0 for i in range(len(lengths))]
+    make = lambda: ResumableBatchSampler(lengths, 2, rank=0, world_size=2, seed=5, groups=groups,  # noqa: E731
+                                         group_by_length=True)
+    sampler = make()
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 14 // 4 + 27 // 4
+    for global_batch in sampler._global_batches():
+        assert len({groups[i] for i in global_batch}) == 1
+    again = make()
+    it = iter(again)
+    head = [next(it) for _ in range(3)]
+    resumed = make()
+    resumed.load_state_dict(again.state_dict())
+    assert head + list(resumed) == batches

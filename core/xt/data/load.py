@@ -49,13 +49,22 @@ class SourcePlan:
 
 
 def callable_fingerprint(fn: Any) -> str:
-    """A function's identity for cache keys: module + qualname + a hash of its source (or bytecode)."""
+    """A function's identity for cache keys: module + qualname + a hash of its module's source.
+
+    The whole source file counts, not just the function, so edits to helpers or data tables the
+    function uses (a generated dataset's facts, a map's lookup table) also rebuild the cache.
+    """
     if fn is None:
         return "none"
     target = getattr(fn, "func", fn)  # functools.partial
     name = f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(target).__name__)}"
     try:
-        body = inspect.getsource(target).encode()
+        source_file = inspect.getsourcefile(target)
+        if source_file and os.path.isfile(source_file):
+            with open(source_file, "rb") as fh:
+                body = fh.read() + inspect.getsource(target).encode()
+        else:
+            body = inspect.getsource(target).encode()
     except (OSError, TypeError):
         code = getattr(target, "__code__", None)
         body = code.co_code + repr(code.co_consts).encode() if code is not None else repr(target).encode()

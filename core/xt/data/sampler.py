@@ -5,7 +5,9 @@ global batches of ``batch_size * world_size`` and each rank takes its contiguous
 global batch, so ranks partition the data and step in lock-step. With ``group_by_length`` the
 shuffled indices are cut into mega-chunks of ``MEGA_BATCHES`` global batches, each sorted by
 length (longest first) before cutting, and the order of the global batches is shuffled again:
-batches hold samples of similar length and still come in random order.
+batches hold samples of similar length and still come in random order. With ``groups`` (one key
+per sample, e.g. "has an image") no global batch mixes two groups, as XTuner's modality-grouped
+sampling does for LLaVA.
 
 The position (epoch, batches handed out) is saved by :meth:`state_dict` and restored by
 :meth:`load_state_dict`; the next iteration continues exactly where the saved one stopped.
@@ -24,12 +26,16 @@ class ResumableBatchSampler:
     """Yields lists of dataset indices for one rank."""
 
     def __init__(self, lengths: Sequence[int], batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 shuffle: bool = True, group_by_length: bool = False, drop_last: bool = True) -> None:
+                 shuffle: bool = True, group_by_length: bool = False, drop_last: bool = True,
+                 groups: Sequence[Any] | None = None) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.lengths = list(lengths)
+        if groups is not None and len(groups) != len(self.lengths):
+            raise ValueError("groups and lengths differ in length")
+        self.groups = list(groups) if groups is not None else None
         self.batch_size = batch_size
         self.rank = rank
         self.world_size = world_size
@@ -45,12 +51,12 @@ class ResumableBatchSampler:
         if epoch != self.epoch:
             self.epoch, self.position = epoch, 0
 
-    def _global_batches(self) -> list[list[int]]:
-        n = len(self.lengths)
-        order = list(range(n))
-        rng = random.Random(self.seed * 1_000_003 + self.epoch)
+    def _cut(self, members: list[int], rng: random.Random) -> list[list[int]]:
+        """Shuffle ``members``, even them out to whole global batches, length-group, and cut."""
+        order = list(members)
         if self.shuffle:
             rng.shuffle(order)
+        n = len(order)
         span = self.batch_size * self.world_size
         if self.drop_last:
             order = order[: n - n % span]
@@ -62,8 +68,20 @@ class ResumableBatchSampler:
             mega = span * MEGA_BATCHES
             order = [i for s in range(0, len(order), mega)
                      for i in sorted(order[s:s + mega], key=lambda j: -self.lengths[j])]
-        batches = [order[s:s + span] for s in range(0, len(order), span)]
-        if self.group_by_length and self.shuffle:
+        return [order[s:s + span] for s in range(0, len(order), span)]
+
+    def _members_by_group(self) -> list[list[int]]:
+        if self.groups is None:
+            return [list(range(len(self.lengths)))]
+        by_group: dict[Any, list[int]] = {}
+        for i, g in enumerate(self.groups):
+            by_group.setdefault(g, []).append(i)
+        return [by_group[g] for g in sorted(by_group, key=repr)]
+
+    def _global_batches(self) -> list[list[int]]:
+        rng = random.Random(self.seed * 1_000_003 + self.epoch)
+        batches = [b for members in self._members_by_group() for b in self._cut(members, rng)]
+        if self.shuffle and (self.group_by_length or self.groups is not None):
             rng.shuffle(batches)
         return batches
 
@@ -81,8 +99,9 @@ class ResumableBatchSampler:
         self.epoch += 1
 
     def __len__(self) -> int:
-        n, span = len(self.lengths), self.batch_size * self.world_size
-        return n // span if self.drop_last else -(-n // span)
+        span = self.batch_size * self.world_size
+        sizes = [len(m) for m in self._members_by_group()]
+        return sum(n // span if self.drop_last else -(-n // span) for n in sizes)
 
     def state_dict(self) -> dict[str, Any]:
         """Where the sampler stands; pass ``position`` = batches actually consumed when a loader prefetches."""
