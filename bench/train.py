@@ -98,7 +98,7 @@ def bare_run(model_dir: Path, data_file: Path, steps: int, cache: Path) -> float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--shared", default=os.environ.get("XT_SHARED", str(ROOT.parent / "shared")))
     args = parser.parse_args()
     shared = Path(args.shared)

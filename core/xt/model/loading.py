@@ -83,6 +83,10 @@ def disable_bnb_avx512bf16(model: Any) -> int:
     forward path and later 4-bit backward passes use it wrongly, silently corrupting LoRA gradients
     after any eval / generation forward. The flag forces the plain dequantize path everywhere.
     """
+    import sys
+
+    if "bitsandbytes" not in sys.modules:  # nothing can be quantized; avoid bitsandbytes' import noise
+        return 0
     try:
         from bitsandbytes.nn import Linear4bit
     except Exception:

@@ -196,6 +196,8 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                            config=ds_config, dist_init_required=False)
     zero3 = engine.zero_optimization_stage() == 3
+    if world == 1 and engine.zero_optimization_stage() == 0:
+        engine.enable_backward_allreduce = False  # one process: nothing to reduce, skip flatten + all-reduce
     exclude_frozen = loaded.adapter
 
     # ---- resume
