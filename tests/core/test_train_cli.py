@@ -67,3 +67,16 @@ def test_config_yaml_repeats_the_run(model_dir, tmp_path, monkeypatch):
     assert yaml.safe_load((first / "config.yaml").read_text()) == saved
     refused = CliRunner().invoke(cli, ["train", "--config", str(first / "config.yaml")])
     assert refused.exit_code == 2 and "--overwrite" in refused.output
+
+
+def test_bad_data_fails_before_anything_is_written(tmp_path):
+    from click.testing import CliRunner
+
+    from xt.cli import cli
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", "--model", "baichuan2-tiny", "--dataset", "conversation",
+                                      "--data-files", str(tmp_path / "missing.jsonl"), "--output", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "missing.jsonl" in result.output
+    assert not out.exists()

@@ -51,8 +51,11 @@ def resolve_resume(cfg: TrainConfig, resume: str | bool | None) -> tuple[Path, P
     return run_dir, ckpt
 
 
-def prepare_run_dir(run_dir: Path, resuming: bool, overwrite: bool) -> None:
-    """Create the run dir; refuse to mix runs unless --overwrite (only an xt run dir is ever deleted)."""
+def prepare_run_dir(run_dir: Path, resuming: bool, overwrite: bool, create: bool = True) -> None:
+    """Create the run dir; refuse to mix runs unless --overwrite (only an xt run dir is ever deleted).
+
+    ``create=False`` only checks, so a refusal comes before the model and data load.
+    """
     from xt.run import is_run_dir
 
     if resuming:
@@ -64,7 +67,10 @@ def prepare_run_dir(run_dir: Path, resuming: bool, overwrite: bool) -> None:
         if not is_run_dir(run_dir):
             raise XtError(f"Output folder '{run_dir}' is not empty and not an xt run; refusing to delete it "
                           f"with --overwrite. Choose another --output.")
-        shutil.rmtree(run_dir)
+        if create:
+            shutil.rmtree(run_dir)
+    if not create:
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -149,16 +155,8 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     rank, world, device, main = dist.rank, dist.world_size, dist.device, dist.is_main
     run_dir, resume_ckpt = resolve_resume(cfg, resume)
     cfg.output = str(run_dir)
-    error = None
     if main:
-        try:
-            prepare_run_dir(run_dir, resume_ckpt is not None, overwrite)
-            cfg.save(run_dir / "config.yaml")
-        except XtError as exc:
-            error = str(exc)
-    error = broadcast_object(error)
-    if error:
-        raise XtError(error)
+        prepare_run_dir(run_dir, resume_ckpt is not None, overwrite, create=False)
     seed_everything(cfg.seed)
     if cfg.image_folder:
         os.environ["XT_IMAGE_FOLDER"] = str(cfg.image_folder)
@@ -171,6 +169,19 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     loaded = build_model(cfg, model_spec)
     model, tokenizer = loaded.model, loaded.tokenizer
     train_rows, val_rows = build_data(cfg, dataset_spec, template, tokenizer, rank, world)
+
+    # ---- the run directory: written only once model and data loaded, so a bad name, an unreachable
+    # hub or a malformed file leaves nothing behind
+    error = None
+    if main:
+        try:
+            prepare_run_dir(run_dir, resume_ckpt is not None, overwrite)
+            cfg.save(run_dir / "config.yaml")
+        except XtError as exc:
+            error = str(exc)
+    error = broadcast_object(error)
+    if error:
+        raise XtError(error)
     collator_name = cfg.collator if cfg.collator != "default" else model_spec.extra.get("collator", "default")
     collate = registry.get("collators", collator_name).factory(
         tokenizer=tokenizer, pad_token_id=safe_pad_id(tokenizer, model), attn_implementation=loaded.attn)

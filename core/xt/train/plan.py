@@ -121,7 +121,12 @@ def _dataset_summary(cfg: TrainConfig, world: int) -> str:
         model_spec = registry.resolve_model(cfg.model)
         dataset_spec = registry.get("datasets", cfg.dataset)
         source = cfg.model_path or model_spec.source
-        tokenizer = load_tokenizer(model_spec, source, cfg.trust_remote_code, cfg.model_args)
+        try:
+            tokenizer = load_tokenizer(model_spec, source, cfg.trust_remote_code, cfg.model_args)
+        except Exception as exc:  # the weights' folder is not here, or the tokenizer needs a download
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return (f"not counted: the tokenizer of '{cfg.model}' is not available offline ({first}); pass "
+                    f"--model-path with a local copy to plan the data too")
         template = choose_template(model_spec, dataset_spec, cfg.template)
         options = DataOptions(data_files=cfg.data_files or None, max_length=cfg.max_length,
                               length_policy=cfg.length_policy, pack=cfg.pack, skip_bad_rows=cfg.skip_bad_rows,
