@@ -71,7 +71,6 @@ def test_config_yaml_repeats_the_run(model_dir, tmp_path, monkeypatch):
 
 def test_bad_data_fails_before_anything_is_written(tmp_path):
     from click.testing import CliRunner
-
     from xt.cli import cli
 
     out = tmp_path / "run"
