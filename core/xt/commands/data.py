@@ -21,24 +21,32 @@ def _common(fn: Any) -> Any:
         click.option("--max-length", type=int, default=2048, show_default=True, help="Tokens per sample / packed row."),
         click.option("--length-policy", type=click.Choice(["truncate", "drop"]), default="truncate", show_default=True),
         click.option("--skip-bad-rows", is_flag=True, help="Skip rows the map cannot use instead of failing."),
+        click.option("--model-path", default=None, help="Local folder with the model (overrides its hub id)."),
+        click.option("--image-folder", type=click.Path(file_okay=False), default=None,
+                     help="Folder with the images rows refer to (multimodal datasets)."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-def _resolve(dataset_name: str, model_name: str, template_name: str | None) -> tuple[Any, Any, Any]:
+def _resolve(dataset_name: str, model_name: str, template_name: str | None, model_path: str | None = None,
+             image_folder: str | None = None) -> tuple[Any, Any, Any]:
+    import os
+
     from xt.data.pipeline import choose_template
     from xt.plugins import get_registry
 
+    if image_folder:
+        os.environ["XT_IMAGE_FOLDER"] = image_folder
     registry = get_registry()
     dataset = registry.get("datasets", dataset_name)
     model = registry.resolve_model(model_name)
     template = choose_template(model, dataset, template_name)
-    if model.load_tokenizer is None:
-        raise XtError(f"Model '{model_name}' has no tokenizer loader; choose a model that provides one.")
     try:
-        tokenizer = model.load_tokenizer(model.source)
+        from xt.model.setup import load_tokenizer
+
+        tokenizer = load_tokenizer(model, model_path or model.source)
     except XtError:
         raise
     except Exception as exc:
@@ -76,13 +84,14 @@ def highlight(tokenizer: Any, input_ids: list[int], labels: list[int], color: bo
 @_common
 @click.option("-n", "count", type=int, default=3, show_default=True, help="How many samples to show.")
 def preview_command(dataset_name: str, model_name: str, template_name: str | None, data_files: tuple[str, ...],
-                    split: str, max_length: int, length_policy: str, skip_bad_rows: bool, count: int) -> None:
+                    split: str, max_length: int, length_policy: str, skip_bad_rows: bool, model_path: str | None,
+                    image_folder: str | None, count: int) -> None:
     """Print the templated text of a few samples; loss-bearing tokens are marked [[like this]] (green on a tty)."""
     from xt.data.pipeline import load_conversations
     from xt.data.process import apply_length_policy
     from xt.data.tokenize import BatchEncoder
 
-    dataset, template, tokenizer = _resolve(dataset_name, model_name, template_name)
+    dataset, template, tokenizer = _resolve(dataset_name, model_name, template_name, model_path, image_folder)
     options = _options(data_files, split, max_length, length_policy, skip_bad_rows)
     conversations = load_conversations(dataset, options)[: max(0, count)]
     color = sys.stdout.isatty()
@@ -115,14 +124,14 @@ def _histogram(lengths: list[int], max_length: int, bins: int = 8) -> list[str]:
 @click.option("--cache-dir", default=None, help="Where processed datasets are cached (default $XT_CACHE_DIR/data).")
 @click.option("--no-cache", is_flag=True, help="Build without reading or writing the cache.")
 def stats_command(dataset_name: str, model_name: str, template_name: str | None, data_files: tuple[str, ...],
-                  split: str, max_length: int, length_policy: str, skip_bad_rows: bool, pack: bool, num_proc: int,
-                  cache_dir: str | None, no_cache: bool) -> None:
+                  split: str, max_length: int, length_policy: str, skip_bad_rows: bool, model_path: str | None,
+                  image_folder: str | None, pack: bool, num_proc: int, cache_dir: str | None, no_cache: bool) -> None:
     """Rows, tokens, a length histogram, truncated/dropped/skipped counts and packing fill."""
     import numpy as np
 
     from xt.data.pipeline import build_dataset
 
-    dataset, template, tokenizer = _resolve(dataset_name, model_name, template_name)
+    dataset, template, tokenizer = _resolve(dataset_name, model_name, template_name, model_path, image_folder)
     options = _options(data_files, split, max_length, length_policy, skip_bad_rows, pack=pack, num_proc=num_proc,
                        cache_dir=cache_dir, use_cache=not no_cache)
     built = build_dataset(dataset, template, tokenizer, options)

@@ -171,7 +171,7 @@ def dataset_map(register: Any) -> None:
     register(DatasetSpec(
         name="llava", aliases=("llava-json",),
         description="LLaVA json (id, image, conversations human/gpt) or OpenAI-style messages with image parts; "
-                    "use with --data-files, images under $XT_IMAGE_FOLDER",
+                    "use with --data-files, images under --image-folder ($XT_IMAGE_FOLDER)",
         map_row=partial(_map_row, image_folder=folder), sample_rows=_sample_rows()))
 
 
