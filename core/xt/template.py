@@ -76,7 +76,7 @@ def encode_conversation(template: TemplateSpec, conversation: dict[str, Any], to
         if message["role"] == "user":
             add(encode_part(template.user, tokenizer, content=message["content"]), False)
         else:
-            head, reply = _split_assistant(template)
+            head, reply = split_assistant(template)
             add(encode_part(head, tokenizer), False)  # fixed framing before the reply: prompt side
             add(encode_part(reply, tokenizer, content=message["content"]), True)
             add(encode_part(template.assistant_end, tokenizer), True)
@@ -104,11 +104,11 @@ def encode_prompt(template: TemplateSpec, messages: Sequence[dict[str, Any]], to
             ids += encode_part(template.assistant_end, tokenizer)
             ids += encode_part(template.turn_sep, tokenizer)
     # The assistant part may open with fixed framing before {content} (e.g. token 196 or "Assistant: ").
-    ids += encode_part(_split_assistant(template)[0], tokenizer)
+    ids += encode_part(split_assistant(template)[0], tokenizer)
     return ids
 
 
-def _split_assistant(template: TemplateSpec) -> tuple[list[Any], list[Any]]:
+def split_assistant(template: TemplateSpec) -> tuple[list[Any], list[Any]]:
     """The assistant part split at ``{content}``: fixed framing before it (no loss) and the rest."""
     part = template.assistant
     pieces = [part] if isinstance(part, str) and not isinstance(part, SpecialToken) else list(part)

@@ -128,3 +128,20 @@ def test_rank_zero_failure_stops_the_waiters(tmp_path):
     results = _run_ranks(str(bad), str(tmp_path / "cache"))
     assert results[0][1] == "error" and "cannot be used" in results[0][2]
     assert results[1][1] == "error" and "Rank 0 failed" in results[1][2] and "cannot be used" in results[1][2]
+
+
+def test_generator_fingerprint_follows_its_module_tables(tmp_path, monkeypatch):
+    """Editing a data table that a generator reads (not the function itself) changes the cache key."""
+    import importlib
+
+    from xt.data.load import callable_fingerprint
+
+    module = tmp_path / "gen_tables_mod.py"
+    body = "TABLE = {table!r}\n\ndef generate(split, seed):\n    return [dict(q=k, a=v) for k, v in TABLE.items()]\n"
+    module.write_text(body.format(table={"a": "b"}))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module("gen_tables_mod")
+    before = callable_fingerprint(mod.generate)
+    module.write_text(body.format(table={"a": "c"}))
+    mod = importlib.reload(mod)
+    assert callable_fingerprint(mod.generate) != before

@@ -44,7 +44,7 @@ def _jinja_expr(part: Any, tokenizer: Any, var: str | None = None, key: str = "c
 
 def jinja_chat_template(template: TemplateSpec, tokenizer: Any) -> str:
     """A Hugging Face chat template that frames messages as ``template`` does in xt."""
-    from xt.template import _split_assistant
+    from xt.template import split_assistant
 
     default_system = json.dumps(template.default_system) if template.default_system else "none"
     return "".join([
@@ -59,7 +59,7 @@ def jinja_chat_template(template: TemplateSpec, tokenizer: Any) -> str:
         _jinja_expr(template.assistant_end, tokenizer),
         "{%- if not loop.last %}", _jinja_expr(template.turn_sep, tokenizer), "{%- endif %}",
         "{%- endif %}{%- endfor %}",
-        "{%- if add_generation_prompt %}", _jinja_expr(_split_assistant(template)[0], tokenizer), "{%- endif %}",
+        "{%- if add_generation_prompt %}", _jinja_expr(split_assistant(template)[0], tokenizer), "{%- endif %}",
     ])
 
 

@@ -176,12 +176,8 @@ def _split_rows(seed: int) -> dict[str, list[dict[str, Any]]]:
     return rows
 
 
-def generate_rows(split: str = "train", seed: int = DEFAULT_SEED, revision: str | None = None) -> list[dict[str, Any]]:
-    """The rows of ``split`` ("train" or "test") for ``seed``; the same seed gives the same rows.
-
-    ``revision`` is ignored: the plugin binds it to a hash of this file so data caches keyed on the
-    generator change when the tables do.
-    """
+def generate_rows(split: str = "train", seed: int = DEFAULT_SEED) -> list[dict[str, Any]]:
+    """The rows of ``split`` ("train" or "test") for ``seed``; the same seed gives the same rows."""
     if split not in SPLITS:
         raise ValueError(f"alpaca-demo has splits {', '.join(SPLITS)}, not {split!r}")
     return _split_rows(int(seed))[split]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import hashlib
-from importlib import resources
 from typing import Any
 
 from xt import hookimpl
@@ -36,13 +33,6 @@ SAMPLE_ROWS = (
 )
 
 
-def _demo_generator() -> Any:
-    """``demo.generate_rows`` bound to a hash of the demo's source, so caches keyed on the generator
-    (which see only its own code and arguments) notice any change to the fact tables."""
-    source = resources.files("xt_alpaca").joinpath("demo.py").read_bytes()
-    return functools.partial(demo.generate_rows, revision=hashlib.sha256(source).hexdigest()[:16])
-
-
 @hookimpl
 def dataset_map(register: Any) -> None:
     for name, hub_id, what in HUB_DATASETS:
@@ -60,7 +50,7 @@ def dataset_map(register: Any) -> None:
         description="Offline instruction set made in code (facts, number words, parity...): a tiny model "
                     "learns it in minutes on a CPU; exact-match accuracy on held-out phrasings.",
         map_row=map_alpaca_row,
-        generate=_demo_generator(),
+        generate=demo.generate_rows,  # the data cache hashes demo.py, so edits rebuild it
         splits=demo.SPLITS,
         sample_rows=demo.SAMPLE_ROWS,
         default_template="alpaca-demo",
