@@ -39,7 +39,8 @@ def launch_command(nproc: int, hostfile: str | None, argv: Sequence[str], script
     if hostfile:
         if not os.path.isfile(hostfile):
             raise XtError(f"Hostfile '{hostfile}' does not exist; it lists 'host slots=N' lines for DeepSpeed's launcher.")
-        launcher = shutil.which("deepspeed")
+        beside_python = os.path.join(os.path.dirname(sys.executable), "deepspeed")  # an unactivated venv
+        launcher = beside_python if os.access(beside_python, os.X_OK) else shutil.which("deepspeed")
         if launcher is None:
             raise XtError("--hostfile needs DeepSpeed's 'deepspeed' launcher on PATH; reinstall deepspeed.")
         return [launcher, "--hostfile", hostfile, "--num_gpus", str(nproc), "--no_local_rank",
