@@ -12,7 +12,6 @@ import difflib
 import os
 import sys
 import traceback
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -266,6 +265,3 @@ def get_registry() -> Registry:
         _registry, _registry_key = _collect(pm), key
     return _registry
 
-
-def iter_specs(kind: str) -> Iterator[Spec]:
-    yield from get_registry().all(kind)

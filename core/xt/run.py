@@ -51,10 +51,6 @@ class RunInfo:
         tmp.write_text(json.dumps(asdict(self), indent=2))
         os.replace(tmp, path)  # atomic: a crash never leaves a half-written run.json
 
-    @property
-    def is_finished(self) -> bool:
-        return self.status == "finished" and self.final_dir is not None
-
 
 def load_run(run_dir: str | os.PathLike) -> RunInfo:
     """Read ``RUN/run.json``; a clear error when the folder is not a run directory."""

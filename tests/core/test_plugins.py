@@ -148,3 +148,25 @@ def test_resolve_model_falls_back_to_generic_hf(tmp_path):
     assert spec.source == str(tmp_path)
     with pytest.raises(UnknownNameError):
         reg.resolve_model("not-a-model")
+
+
+def test_builtins_pass_the_conformance_kit_and_a_bad_template_fails_it():
+    import xt.builtins
+    from xt.testing import PluginCheckError, check_plugin_object
+
+    report = check_plugin_object(xt.builtins, "xt.builtins", module="xt.builtins")
+    assert report.names("templates") == ["default", "chatml", "plain"]
+
+    class Broken:
+        @hookimpl
+        def prompt_template(register):
+            register(TemplateSpec(name="no-slot", user="Q:"))  # the user's text has nowhere to go
+
+        @hookimpl
+        def dataset_map(register):
+            register(DatasetSpec(name="no-rows", map_row=_map))  # nothing to check offline
+
+    with pytest.raises(PluginCheckError) as err:
+        check_plugin_object(Broken, "broken")
+    assert "user part must contain '{content}'" in str(err.value)
+    assert "neither sample_rows nor generate" in str(err.value)  # every problem in one message

@@ -109,6 +109,13 @@ def resolve_image(ref: Any, image_folder: str | None, where: str) -> str:
 # --------------------------------------------------------------------------- rows
 
 
+def _as_list(value: Any) -> list[Any]:
+    """A row's image field (absent, one path or a list) as a list."""
+    if value in (None, "", []):
+        return []
+    return value if isinstance(value, list) else [value]
+
+
 def _normalise_first_turn(text: str, n_images: int) -> str:
     """LLaVA: the first human turn's ``<image>`` placeholders moved to the start, one line each."""
     rest = PLACEHOLDER_RE.sub("", text).strip()
@@ -119,8 +126,7 @@ def _llava_conversation(row: dict[str, Any], where: str) -> tuple[list[dict[str,
     raw = row["conversations"]
     if not isinstance(raw, list) or not raw:
         raise RowError(f"{where}: 'conversations' must be a non-empty list")
-    images = row.get("image", row.get("images"))
-    images = [] if images in (None, "", []) else images if isinstance(images, list) else [images]
+    images = _as_list(row.get("image", row.get("images")))
     messages = []
     for i, turn in enumerate(raw):
         if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
@@ -174,8 +180,7 @@ def _openai_conversation(row: dict[str, Any], where: str) -> tuple[list[dict[str
     raw = row["messages"]
     if not isinstance(raw, list) or not raw:
         raise RowError(f"{where}: 'messages' must be a non-empty list")
-    row_images = row.get("images", row.get("image"))
-    row_images = [] if row_images in (None, "", []) else row_images if isinstance(row_images, list) else [row_images]
+    row_images = _as_list(row.get("images", row.get("image")))
     messages: list[dict[str, str]] = []
     images: list[Any] = []
     placeholders_only = 0  # placeholders whose images come from the row-level 'images' list
