@@ -84,6 +84,7 @@ class TrainConfig:
     eval_samples: int = 0
     eval_max_new_tokens: int = 64
     log_steps: int = 1
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # tensorboard | wandb | mlflow
 
     # ------------------------------------------------------------------ helpers
     def to_dict(self) -> dict[str, Any]:
@@ -222,6 +223,12 @@ def _check_values(cfg: TrainConfig, where: str) -> None:
         cfg.lora_targets = [cfg.lora_targets]
     if cfg.offload == "cpu" and cfg.zero_stage == 0:
         raise bad("offload 'cpu' needs zero_stage 1, 2 or 3.")
+    from xt.train.metrics import check_trackers
+
+    try:
+        check_trackers(cfg.report_to)
+    except XtError as exc:
+        raise bad(str(exc)) from None
 
 
 def from_dict(values: dict[str, Any], where: str = "config") -> TrainConfig:

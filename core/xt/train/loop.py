@@ -217,7 +217,8 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
         state = load_checkpoint(engine, resume_ckpt, rank=rank, exclude_frozen=exclude_frozen)
         sampler.load_state_dict(state["sampler"])
         start_step, history = int(state["step"]), state.get("metrics", {})
-    metrics = MetricsLog(run_dir, enabled=main, resume_step=start_step if resume_ckpt is not None else None)
+    metrics = MetricsLog(run_dir, enabled=main, resume_step=start_step if resume_ckpt is not None else None,
+                         report_to=cfg.report_to, config=cfg.to_dict())
     info = RunInfo(model=cfg.model, model_source=loaded.source, template=template.name, method=cfg.method,
                    dataset=cfg.dataset, kind=model_spec.kind, adapter=loaded.adapter, xt_version=__version__,
                    model_args=dict(cfg.model_args),
@@ -245,6 +246,7 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
             if "accuracy" in result:
                 record["eval_accuracy"] = result["accuracy"]
             if main:
+                metrics.log_samples(result.get("records", []), step)
                 for r in result.get("records", [])[:4]:
                     tqdm.write(f"[eval step {step}] {r['prompt'][-80:]!r} -> {r['prediction'][:120]!r}",
                                file=sys.stderr)
