@@ -1,11 +1,11 @@
 # Two commands set up a fresh machine:  make demo  (the offline main job)  and  make test  (the suite).
 # Each creates .venv when missing, installs torch==2.13.0 first (CPU wheel), then everything else
-# pinned by constraints.txt, with the core and all four plugins in editable mode.
+# pinned by constraints.txt, with the core (and its qlora, wandb, mlflow extras) and all plugins in editable mode.
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PLUGINS := plugins/xt-alpaca plugins/xt-baichuan plugins/xt-llava plugins/xt-lmdeploy
+PLUGINS := plugins/xt-alpaca plugins/xt-baichuan plugins/xt-llava plugins/xt-lmdeploy plugins/xt-lmeval
 STAMP := $(VENV)/.xt-setup
 # DeepSpeed JIT-compiles a CPU comm op on first use; keep the build between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
@@ -17,7 +17,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt $(addsuffix /pyproject.toml,$(PLUGINS))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[qlora,dev]" $(addprefix -e ,$(PLUGINS))
+	$(BIN)/pip install -q -c constraints.txt -e ".[qlora,wandb,mlflow,dev]" $(addprefix -e ,$(PLUGINS))
 	# lmdeploy pins an older torch/peft: install it without its dependencies, plus the pure-python modules
 	# that 'import lmdeploy' (support tables, ChatTemplateConfig) needs on CPU; nothing here touches torch/peft.
 	$(BIN)/pip install -q -c constraints.txt --no-deps lmdeploy mmengine-lite addict termcolor yapf platformdirs \

@@ -12,6 +12,7 @@ Layout of a run directory::
     RUN/loss.png           loss curve, written at the end
     RUN/eval/step-N.jsonl  generation samples (prompt, reference, prediction, correct)
     RUN/checkpoints/step-N DeepSpeed checkpoints (+ sampler / RNG state), the last K kept
+    RUN/eval-results/      results of ``xt eval`` (results.json, results.md, samples), when a plugin provides it
     RUN/final/             the result: a PEFT adapter (adapter_config.json + adapter_model.safetensors)
                            or a full model (config.json + model.safetensors), always with the tokenizer,
                            generation_config.json and the chat template, loadable without xt
@@ -28,6 +29,7 @@ from typing import Any
 from xt.errors import XtError
 
 RUN_FILE = "run.json"
+EVAL_RESULTS_DIR = "eval-results"  # results.json: {"results": {task: {metric: value}}, ...}
 
 
 @dataclass
