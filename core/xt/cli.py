@@ -23,6 +23,7 @@ CORE_COMMANDS = {
     "chat": "xt.commands.chat:chat_command",
     "merge": "xt.commands.chat:merge_command",
     "export": "xt.commands.chat:export_command",
+    "push": "xt.commands.hub:push_command",
 }
 
 

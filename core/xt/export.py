@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,8 +199,11 @@ def save_merged(model: Any, tokenizer: Any, template: Any, out: Path, base_gener
 
 def merge_adapter(base: str, adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, *, dtype: str = "fp32",
                   overwrite: bool = False, template: str | None = None, source: str | None = None,
-                  trust_remote_code: bool = False, model_args: dict[str, Any] | None = None) -> Path:
-    """``xt merge``: base (name, folder or hub id) + LoRA / QLoRA adapter -> merged full-precision folder."""
+                  trust_remote_code: bool = False, model_args: dict[str, Any] | None = None,
+                  finish: Callable[[Path], Any] | None = None) -> Path:
+    """``xt merge``: base (name, folder or hub id) + LoRA / QLoRA adapter -> merged full-precision folder.
+
+    ``finish(folder)`` may add files (e.g. the model card) before the folder is moved into place."""
     adapter = Path(adapter_dir)
     from xt.run import is_run_dir
 
@@ -227,23 +230,33 @@ def merge_adapter(base: str, adapter_dir: str | os.PathLike, out_dir: str | os.P
         generation_config = getattr(model, "generation_config", None)
         merged = apply_adapter(model, adapter, merge=True).to(torch_dtype)
         save_merged(merged, tokenizer, tmpl, tmp, generation_config)
+        if finish is not None:
+            finish(tmp)
     return Path(out_dir)
 
 
 def export_hf(run_dir: str | os.PathLike, out_dir: str | os.PathLike, **options: Any) -> Path:
     """The ``hf`` exporter: a finished run -> a merged Hugging Face folder (safetensors).
 
-    Options: ``dtype`` (bf16 | fp16 | fp32, default fp32), ``overwrite`` (bool).
+    Options: ``dtype`` (bf16 | fp16 | fp32, default fp32), ``overwrite`` (bool), ``license`` (the model
+    card's license id, default ``other``). The folder is hub-ready: it gets a model card (README.md).
     """
-    unknown = set(options) - {"dtype", "overwrite"}
+    from functools import partial
+
+    from xt.hub import write_model_card
+
+    unknown = set(options) - {"dtype", "overwrite", "license"}
     if unknown:
-        raise XtError(f"Unknown option(s) for exporter 'hf': {', '.join(sorted(unknown))}; known: dtype, overwrite.")
+        raise XtError(f"Unknown option(s) for exporter 'hf': {', '.join(sorted(unknown))}; known: dtype, overwrite, "
+                      f"license.")
+    card = partial(write_model_card, run_dir=Path(run_dir), adapter=False, model_id=str(out_dir),
+                   license_id=str(options.get("license", "other")))
     dtype = str(options.get("dtype", "fp32"))
     overwrite = as_bool(options.get("overwrite", False), "overwrite")
     run = describe_run(run_dir)
     if run.adapter:
         return merge_adapter(run.model, run.final_dir, out_dir, dtype=dtype, overwrite=overwrite,
-                             template=run.template, source=run.source, model_args=run.model_args)
+                             template=run.template, source=run.source, model_args=run.model_args, finish=card)
     check_output_dir(out_dir, overwrite)
     spec, _ = resolve_base(run.model, run.source)
     torch_dtype = torch_dtype_of(dtype)
@@ -252,6 +265,7 @@ def export_hf(run_dir: str | os.PathLike, out_dir: str | os.PathLike, **options:
         tokenizer = load_tokenizer_for(spec, str(run.final_dir), prefer=run.final_dir)
         model = load_base(spec, str(run.final_dir), torch_dtype)
         save_merged(model, tokenizer, tmpl, tmp, getattr(model, "generation_config", None))
+        card(tmp)
     return Path(out_dir)
 
 

@@ -144,14 +144,16 @@ def test_unknown_name_exit_code_and_suggestion(installed):
     assert "Did you mean 'tmp-good-set'?" in out.stderr
 
 
-def test_help_and_list_do_not_import_torch(installed):
+def test_help_and_list_import_no_torch_eval_harness_or_trackers(installed):
     code = ("import sys\nfrom click.testing import CliRunner\nfrom xt.cli import cli\n"
             "for args in (['--help'], ['list', 'models'], ['plugins']):\n"
             "    r = CliRunner().invoke(cli, args)\n    assert r.exit_code == 0, r.output\n"
-            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+            "heavy = ('torch', 'transformers', 'lm_eval', 'opencompass', 'wandb', 'mlflow', 'huggingface_hub')\n"
+            "print(sorted(m for m in heavy if m in sys.modules))\n"
+            "print(sorted(c for c in ('eval', 'push') if f'\\n  {c} ' in CliRunner().invoke(cli, ['--help']).output))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "False False"
+    assert out.stdout.split("\n")[:2] == ["[]", "['eval', 'push']"]
 
 
 def test_generated_plugin_installs_shows_up_and_its_tests_pass(tmp_path):
