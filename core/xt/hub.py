@@ -124,7 +124,8 @@ def write_model_card(folder: Path, run_dir: Path | None, *, adapter: bool, model
 
 def upload_operations(target: str | os.PathLike, repo: str) -> list[Any]:
     """``CommitOperationAdd`` for every file to upload: a folder as it is (its card's ``model_id`` set to
-    ``repo``), or a run's ``final/`` with a model card added when it has none."""
+    ``repo``; a card is written when it has none), or a run's ``final/`` with xt's model card (replacing
+    the placeholder card peft saves next to an adapter)."""
     from huggingface_hub import CommitOperationAdd
 
     from xt.run import is_run_dir, load_run
@@ -147,7 +148,7 @@ def upload_operations(target: str | os.PathLike, repo: str) -> list[Any]:
     operations = [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p))
                   for p in files if p.name != CARD_FILE or p.parent != folder]
     card = folder / CARD_FILE
-    if card.is_file():
+    if card.is_file() and run_dir is None:
         text = MODEL_ID_LINE.sub(f'model_id = "{repo}"  # the hub repo, or a local copy of it', card.read_text())
     else:
         adapter = (folder / "adapter_config.json").is_file()

@@ -76,6 +76,25 @@ def test_card_loading_snippet_runs_without_xt(exported):
     assert out.stdout.strip().splitlines()[-1] == "loaded LlamaForCausalLM"
 
 
+def test_a_runs_adapter_card_loads_with_peft_without_xt(exported, tmp_path):
+    from xt.hub import CARD_FILE, upload_operations
+    from xt.model.saving import write_tokenizer_files
+    from xt.plugins import get_registry
+    from xt.tokenizers import tiny_tokenizer
+
+    final = exported["run"] / "final"
+    write_tokenizer_files(final, tiny_tokenizer(), get_registry().get("templates", "chatml"))  # as training does
+    operations = {op.path_in_repo: op for op in upload_operations(exported["run"], "me/tuned")}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", CARD_FILE} <= set(operations)
+    card = operations[CARD_FILE].path_or_fileobj.decode()
+    assert front_matter(card)["library_name"] == "peft" and 'model_id = "me/tuned"' in card
+    snippet = python_block(card).replace('"me/tuned"', repr(str(final)))  # a local copy of the repo
+    out = subprocess.run([sys.executable, "-c", NO_XT + snippet + "print('loaded', type(model).__name__)"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "loaded PeftModelForCausalLM"
+
+
 class RecordingHub(BaseHTTPRequestHandler):
     """The three hub endpoints an upload of small files uses; every request is recorded."""
 
