@@ -124,3 +124,24 @@ def test_model_folder_needs_out_and_unknown_task_is_named(lora_run, tmp_path):
     assert result.exit_code == 2 and "pass --out DIR" in result.output
     result = CliRunner().invoke(cli, ["eval", str(lora_run["run"]), "--tasks", "hellaswagg", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "Unknown lm-eval task 'hellaswagg'. Did you mean 'hellaswag'?" in result.output
+
+
+def test_a_named_task_without_local_data_fails_with_one_sentence(lora_run, tmp_path):
+    import os
+    import subprocess
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    out = subprocess.run([sys.executable, "-m", "xt.cli", "eval", str(lora_run["run"]), "--tasks", "arc_easy",
+                          "--limit", "2", "--out", str(tmp_path / "o")], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("Error: A task's data could not be loaded (")
+    assert "put it in the local datasets cache or allow hub access." in out.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_plugin_conformance():
+    from xt.testing import check_plugin
+
+    report = check_plugin("xt-lmeval")  # raises on any problem: torch on import, a broken command, ...
+    assert report.distribution == "xt-lmeval" and report.problems == []
