@@ -177,6 +177,12 @@ class MetricsLog:
                 return None  # a core dependency; if it is broken, metrics.jsonl still has everything
             raise XtError(f"report_to includes '{name}' but it failed to import ({exc}); "
                           f"pip install 'xt-core[{TRACKERS[name] or name}]'.") from exc
+        except XtError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. an unreachable tracking server
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise XtError(f"Tracker '{name}' could not start ({type(exc).__name__}: {first}); check its settings "
+                          f"(e.g. WANDB_MODE, MLFLOW_TRACKING_URI) or drop it from report_to.") from exc
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
