@@ -101,7 +101,8 @@ def model_card(folder: Path, run_dir: Path | None, *, adapter: bool, model_id: s
     remote_code = config_file.is_file() and "auto_map" in json.loads(config_file.read_text())
     info = load_run(run_dir) if run_dir is not None else None
     model_id = model_id or str(folder)
-    about = (f"Fine-tuned from `{info.model_source or info.model}` on `{info.dataset}` with xt "
+    data = f" on `{info.dataset}`" if info and info.dataset else ""
+    about = (f"Fine-tuned from `{info.model_source or info.model}`{data} with xt "
              f"({info.method}, chat template `{info.template}`).\n\n" if info else "")
     config_path = run_dir / "config.yaml" if run_dir is not None else None
     config = (f"## Training config\n\n```yaml\n{config_path.read_text()}```\n\n"
