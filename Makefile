@@ -10,7 +10,7 @@ STAMP := $(VENV)/.xt-setup
 # DeepSpeed JIT-compiles a CPU comm op on first use; keep the build between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: setup test test-fast demo lint clean
+.PHONY: setup test test-fast demo lint clean gpu-check
 
 setup: $(STAMP)
 
@@ -38,6 +38,16 @@ demo: setup
 	$(BIN)/xt train $(DEMO_CONFIG) --model baichuan2-tiny --dataset alpaca-demo --output runs/demo --overwrite
 	@prompt="$$($(BIN)/python -m xt_alpaca.demo_prompt)" && echo "held-out prompt: $$prompt" && \
 	  reply="$$($(BIN)/xt chat runs/demo --prompt "$$prompt")" && echo "reply: $$reply"
+
+# The GPU check (bench/gpu.py): on an accelerator image with its own CUDA torch and transformers, install
+# xt and the plugins without touching those (--no-deps, no build isolation: no network needed), then
+# write one JSON of throughput, MFU, memory and packed-logits rows. Without CUDA every row is skipped.
+GPU_PYTHON ?= python3
+GPU_CHECK_OUT ?= gpu-check.json
+
+gpu-check:
+	$(GPU_PYTHON) -m pip install -q --no-deps --no-build-isolation -e . $(addprefix -e ,$(PLUGINS))
+	$(GPU_PYTHON) bench/gpu.py --out $(GPU_CHECK_OUT)
 
 lint: setup
 	$(BIN)/ruff check core plugins tests bench
