@@ -163,3 +163,22 @@ def test_packing_keeps_images_in_order(tmp_path):
     again = build_dataset(spec, get_registry().get("templates", "default"), llama_tokenizer(),
                           DataOptions(max_length=64, cache_dir=str(tmp_path / "c")))
     assert again.stats["cached"] and [again[i]["images"] for i in range(len(again))] == [ds[i]["images"] for i in range(len(ds))]
+
+
+def test_per_sample_attention_gives_the_dense_masks_gradients_and_saves_plain_configs(tmp_path):
+    samples = _short_samples(5)
+    batch = make_default_collator(pad_token_id=0)([_pack(samples[:3]), _pack(samples[3:])])
+    grads = {}
+    for attn in ("sdpa", PACKED_SDPA):
+        model = _tiny_llama(attn).train()
+        model(**batch, use_cache=False).loss.backward()
+        grads[attn] = {n: p.grad for n, p in model.named_parameters()}
+    for name, grad in grads["sdpa"].items():
+        assert (grad - grads[PACKED_SDPA][name]).abs().max().item() <= 1e-6, name
+    assert model.config._attn_implementation == PACKED_SDPA
+    model.save_pretrained(str(tmp_path / "saved"))
+    assert PACKED_SDPA not in (tmp_path / "saved" / "config.json").read_text()  # loads without xt
+    # Generation (a cache, one query token) goes through stock sdpa and matches it.
+    prompt = torch.tensor([samples[0]["input_ids"][:6]])
+    plain = _tiny_llama("sdpa").generate(prompt, max_new_tokens=5, do_sample=False)
+    assert torch.equal(model.eval().generate(prompt, max_new_tokens=5, do_sample=False), plain)
