@@ -17,7 +17,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt $(addsuffix /pyproject.toml,$(PLUGINS))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[qlora,dev]" $(addprefix -e ,$(PLUGINS))
+	$(BIN)/pip install -q -c constraints.txt -e ".[qlora,dev,bench]" $(addprefix -e ,$(PLUGINS))
 	# lmdeploy pins an older torch/peft: install it without its dependencies, plus the pure-python modules
 	# that 'import lmdeploy' (support tables, ChatTemplateConfig) needs on CPU; nothing here touches torch/peft.
 	$(BIN)/pip install -q -c constraints.txt --no-deps lmdeploy mmengine-lite addict termcolor yapf platformdirs \

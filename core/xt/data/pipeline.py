@@ -129,6 +129,16 @@ def build_dataset(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, 
     return loaded
 
 
+def encode_parallelism(num_proc: int, rows: int) -> dict[str, int]:
+    """Processes that mapped and tokenized, and the tokenizer's own threads in each (its Rust pool)."""
+    processes = num_proc if num_proc > 1 and rows >= 2 * num_proc else 1
+    if processes > 1 or os.environ.get("TOKENIZERS_PARALLELISM", "").lower() in ("0", "false", "off", "no"):
+        threads = 1  # forked workers run the tokenizer single-threaded (see xt.data.process)
+    else:
+        threads = int(os.environ.get("RAYON_NUM_THREADS") or os.environ.get("RAYON_RS_NUM_CPUS") or os.cpu_count() or 1)
+    return {"encode_processes": processes, "encode_threads": threads}
+
+
 def _build(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, options: DataOptions,
            plan: Any) -> ProcessedDataset:
     started = time.perf_counter()
@@ -167,6 +177,7 @@ def _build(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, options
         "max_length": options.max_length,
         "fill": round(fill_ratio(length_list, rows, options.max_length), 4) if pack else None,
         "build_seconds": round(time.perf_counter() - started, 3),
+        **encode_parallelism(options.num_proc, counts["rows"]),
         "cached": False,
         "cache_path": None,
     }
