@@ -66,3 +66,15 @@ def test_auto_layout_in_the_pipeline_and_in_xt_data_stats(tmp_path):
                              env={"XT_CACHE_DIR": str(tmp_path / "cli-cache")})
     assert res.exit_code == 0, res.output
     assert "layout          packed (chosen: estimated cost per token" in res.output
+
+
+def test_stats_say_how_many_tokenizer_processes_and_threads(monkeypatch):
+    from xt.data.pipeline import encode_parallelism
+
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    monkeypatch.setenv("RAYON_NUM_THREADS", "3")
+    assert encode_parallelism(1, 100) == {"encode_processes": 1, "encode_threads": 3}
+    assert encode_parallelism(2, 100) == {"encode_processes": 2, "encode_threads": 1}  # forked: one thread each
+    assert encode_parallelism(2, 3) == {"encode_processes": 1, "encode_threads": 3}  # too few rows to split
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    assert encode_parallelism(1, 100)["encode_threads"] == 1
