@@ -207,6 +207,8 @@ def main() -> None:
                     choices.add(result["choice"])
             for a, b in ratios:
                 ratios[(a, b)].append(round_speed[a] / round_speed[b])
+            print(f"round {len(speeds[layouts[0]])}: " + ", ".join(f"{a}/{b} {values[-1]:.2f}x"
+                                                               for (a, b), values in ratios.items()), flush=True)
     for layout in layouts:
         note = f"  (chose: {', '.join(sorted(choices))})" if layout == "auto" and choices else ""
         print(f"{layout:13s} {spread(speeds[layout], '{:.0f}'):>24s} tokens per CPU-second{note}")
