@@ -20,11 +20,13 @@ except ImportError:
 def test_costs_match_a_hand_count():
     # Samples of 2 and 6 tokens, rows of 8, batches of 2, one attention pair costing one token.
     # Packed: one row of 8 slots, pairs 2*2/2 + 6*6/2 = 20 -> (8 + 20) / 8 real tokens.
-    assert packed_cost([2, 6], 8, 2, 1.0, seed=0) == pytest.approx(28 / 8)
+    assert packed_cost([2, 6], 8, 2, 1.0, seed=0, step_cost=0) == pytest.approx(28 / 8)
     # Grouped: one batch padded to 6 -> 12 slots, masked attention over 2 rows of 6*6 -> (12 + 72) / 8.
-    assert grouped_cost([2, 6], 2, 1.0, seed=0) == pytest.approx(84 / 8)
+    assert grouped_cost([2, 6], 2, 1.0, seed=0, step_cost=0) == pytest.approx(84 / 8)
     # Equal lengths need no padding: causal attention, half the square.
-    assert grouped_cost([4, 4], 2, 1.0, seed=0) == pytest.approx((8 + 16) / 8)
+    assert grouped_cost([4, 4], 2, 1.0, seed=0, step_cost=0) == pytest.approx((8 + 16) / 8)
+    # Each batch adds its fixed cost: batches of one sample -> two batches.
+    assert grouped_cost([4, 4], 1, 0.0, seed=0, step_cost=10) == pytest.approx((8 + 20) / 8)
 
 
 def test_short_samples_pack_and_near_full_ones_group():
@@ -34,6 +36,10 @@ def test_short_samples_pack_and_near_full_ones_group():
     long = [rng.randint(560, 1024) for _ in range(400)]  # never two in one row: packing only adds padding
     choice = choose_layout(long, 1024, 4, 0.0)
     assert choice["layout"] == "grouped" and choice["cost_grouped"] < choice["cost_packed"]
+    # Tiny samples, nearly equal: grouping pads little but needs many more batches than packing.
+    tiny = [rng.randint(18, 20) for _ in range(400)]
+    assert choose_layout(tiny, 256, 4, 0.0)["layout"] == "packed"
+    assert choose_layout(tiny, 256, 4, 0.0, step_cost=0)["layout"] == "grouped"  # what the fixed cost changes
 
 
 def test_attention_weight_counts_hidden_layers_and_parameters():

@@ -10,8 +10,11 @@ The estimate walks one epoch of each layout with the sampler training would use 
   (``W * W / 2`` when no row needs padding).
 
 ``attention_weight`` is the cost of one query-key pair relative to one token through the rest of
-the model, about ``2 * hidden_size * layers / parameters`` (:func:`attention_weight`). Both costs
-are divided by the real tokens their batches hold, so drop-last remainders do not tilt the choice.
+the model, about ``2 * hidden_size * layers / parameters`` (:func:`attention_weight`). Every batch
+also costs :data:`STEP_COST` token-equivalents (kernel launches, Python, collation, the optimizer's
+share): an estimate, not measured per machine, that keeps a layout of many tiny batches from
+looking free. Both costs are divided by the real tokens their batches hold, so drop-last remainders
+do not tilt the choice.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from typing import Any
 
 from xt.data.pack import pack_best_fit
 from xt.data.sampler import ResumableBatchSampler
+
+#: Fixed cost of one micro-batch, in tokens' worth of compute (see the module docstring).
+STEP_COST = 128.0
 
 
 def attention_weight(model: Any) -> float:
@@ -35,7 +41,8 @@ def attention_weight(model: Any) -> float:
     return round(2.0 * hidden * layers / parameters, 8) if parameters else 0.0
 
 
-def packed_cost(lengths: Sequence[int], max_length: int, batch_size: int, weight: float, seed: int) -> float:
+def packed_cost(lengths: Sequence[int], max_length: int, batch_size: int, weight: float, seed: int,
+                step_cost: float = STEP_COST) -> float:
     """Estimated cost per real token of packed rows with per-sample attention."""
     bins = pack_best_fit(lengths, max_length)
     row_lengths = [sum(lengths[i] for i in members) for members in bins]
@@ -43,29 +50,30 @@ def packed_cost(lengths: Sequence[int], max_length: int, batch_size: int, weight
     slots = pairs = real = 0.0
     for batch in ResumableBatchSampler(row_lengths, batch_size, seed=seed, shuffle=True, drop_last=False):
         width = max(row_lengths[r] for r in batch)
-        slots += width * len(batch)
+        slots += width * len(batch) + step_cost
         pairs += sum(pairs_of_row[r] + (width - row_lengths[r]) ** 2 / 2 for r in batch)
         real += sum(row_lengths[r] for r in batch)
     return (slots + weight * pairs) / max(real, 1.0)
 
 
-def grouped_cost(lengths: Sequence[int], batch_size: int, weight: float, seed: int) -> float:
+def grouped_cost(lengths: Sequence[int], batch_size: int, weight: float, seed: int,
+                 step_cost: float = STEP_COST) -> float:
     """Estimated cost per real token of length-grouped padded batches (masked attention when padded)."""
     slots = pairs = real = 0.0
     sampler = ResumableBatchSampler(lengths, batch_size, seed=seed, shuffle=True, group_by_length=True, drop_last=False)
     for batch in sampler:
         sizes = [lengths[i] for i in batch]
         width = max(sizes)
-        slots += width * len(batch)
+        slots += width * len(batch) + step_cost
         pairs += width * width * len(batch) / (2 if min(sizes) == width else 1)
         real += sum(sizes)
     return (slots + weight * pairs) / max(real, 1.0)
 
 
-def choose_layout(lengths: Sequence[int], max_length: int, batch_size: int, weight: float,
-                  seed: int = 0) -> dict[str, Any]:
+def choose_layout(lengths: Sequence[int], max_length: int, batch_size: int, weight: float, seed: int = 0,
+                  step_cost: float = STEP_COST) -> dict[str, Any]:
     """``{"layout": "packed" | "grouped", "cost_packed", "cost_grouped"}`` (cost per real token, lower wins)."""
-    packed = packed_cost(lengths, max_length, batch_size, weight, seed)
-    grouped = grouped_cost(lengths, batch_size, weight, seed)
+    packed = packed_cost(lengths, max_length, batch_size, weight, seed, step_cost)
+    grouped = grouped_cost(lengths, batch_size, weight, seed, step_cost)
     return {"layout": "packed" if packed <= grouped else "grouped",
             "cost_packed": round(packed, 4), "cost_grouped": round(grouped, 4)}
