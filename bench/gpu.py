@@ -202,7 +202,10 @@ def train_row(folder: Path, method: str, layout: str, args: argparse.Namespace, 
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     inputs, real = batches(args.seq, args.rows, vocab, "cuda")[layout]
-    labels = inputs["input_ids"]
+    if layout == "packed" and loaded.attn.startswith("flash"):  # flash-attn finds samples only in a single row
+        inputs = {key: value.reshape(1, -1) for key, value in inputs.items()}
+    mask = inputs.get("attention_mask")
+    labels = inputs["input_ids"] if mask is None else inputs["input_ids"].masked_fill(mask == 0, -100)
     times = []
     for step in range(args.steps + 1):
         torch.cuda.synchronize()
