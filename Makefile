@@ -10,14 +10,14 @@ STAMP := $(VENV)/.xt-setup
 # DeepSpeed JIT-compiles a CPU comm op on first use; keep the build between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: setup test test-fast demo lint clean
+.PHONY: setup test test-fast demo lint clean gpu-check
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt $(addsuffix /pyproject.toml,$(PLUGINS))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[qlora,wandb,mlflow,dev]" $(addprefix -e ,$(PLUGINS))
+	$(BIN)/pip install -q -c constraints.txt -e ".[qlora,wandb,mlflow,dev,bench]" $(addprefix -e ,$(PLUGINS))
 	# lmdeploy pins an older torch/peft: install it without its dependencies, plus the pure-python modules
 	# that 'import lmdeploy' (support tables, ChatTemplateConfig) needs on CPU; nothing here touches torch/peft.
 	$(BIN)/pip install -q -c constraints.txt --no-deps lmdeploy mmengine-lite addict termcolor yapf platformdirs \
@@ -38,6 +38,16 @@ demo: setup
 	$(BIN)/xt train $(DEMO_CONFIG) --model baichuan2-tiny --dataset alpaca-demo --output runs/demo --overwrite
 	@prompt="$$($(BIN)/python -m xt_alpaca.demo_prompt)" && echo "held-out prompt: $$prompt" && \
 	  reply="$$($(BIN)/xt chat runs/demo --prompt "$$prompt")" && echo "reply: $$reply"
+
+# The GPU check (bench/gpu.py): on an accelerator image with its own CUDA torch and transformers, install
+# xt and the plugins without touching those (--no-deps, no build isolation: no network needed), then
+# write one JSON of throughput, MFU, memory and packed-logits rows. Without CUDA every row is skipped.
+GPU_PYTHON ?= python3
+GPU_CHECK_OUT ?= gpu-check.json
+
+gpu-check:
+	$(GPU_PYTHON) -m pip install -q --no-deps --no-build-isolation -e . $(addprefix -e ,$(PLUGINS))
+	$(GPU_PYTHON) bench/gpu.py --out $(GPU_CHECK_OUT)
 
 lint: setup
 	$(BIN)/ruff check core plugins tests bench

@@ -1,110 +1,359 @@
-"""GPU throughput of xt's model set-up: bf16 LoRA and QLoRA steps on a ~1B Llama-shape model.
+"""GPU check: one JSON of throughput, MFU, memory and packed-vs-separate logits (``make gpu-check``).
 
-    python bench/gpu.py [--steps 10] [--seq 2048] [--batch 4] [--attn sdpa,flash_attention_2]
+    python bench/gpu.py [--out gpu-check.json] [--steps 4] [--seq 2048] [--budget-s 420]
+                        [--models llama-1b,llama-7b,baichuan2-7b,baichuan2-13b]
 
-Builds the model from a config (random weights, nothing downloaded), sets it up exactly as
-``xt train`` does (``xt.model.setup.build_model``: LoRA on all linear layers, QLoRA nf4 + double
-quant + bf16 compute), runs forward/backward/AdamW steps and prints tokens/s and model-FLOPs
-utilisation: MFU = 6 * N * tokens/s / peak, N = parameters of the base model. Peak bf16 dense
-FLOP/s come from the table below by GPU name, or from ``XT_PEAK_TFLOPS``.
+Rows (``rows`` in the JSON, one object each, ``status`` ok | skipped | failed with a ``reason``):
+
+- ``train``: tokens/s, MFU and peak memory of xt's model set-up (``xt.model.setup.build_model``,
+  bf16) for LoRA, QLoRA (needs bitsandbytes) and full fine-tuning, packed rows vs padded rows of
+  the same samples, on a TinyLlama-1.1B and a Llama-2-7B shape and the Baichuan2-7B/13B shapes
+  (xt-baichuan's configs), all random weights built from configs (nothing downloaded).
+  MFU = 6 * N * tokens/s / peak bf16 FLOP/s (N = parameters; the peak by GPU name or ``XT_PEAK_TFLOPS``).
+- ``packed_logits``: the largest difference between a packed forward pass and separate passes of
+  the same samples, on CUDA, for every available attention implementation.
+- ``trl``: the same LoRA configuration through TRL's ``SFTTrainer`` (when trl is installed), as a
+  tokens/s ratio xt / TRL.
+
+Every row that cannot run says why (no CUDA device, a package missing, not enough memory, the time
+budget spent), so the check finishes everywhere: on a machine without CUDA every row is skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.metadata
+import importlib.util
+import json
 import os
+import platform
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+SCHEMA = "xt-gpu-check/1"
 PEAK_BF16_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "L40S": 362.0, "A10G": 125.0, "4090": 165.0}
+METHODS = ("lora", "qlora", "full")
+LAYOUTS = ("packed", "padded")
+LLAMA_SHAPES = {
+    "llama-1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                     num_key_value_heads=4),  # TinyLlama-1.1B
+    "llama-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                     num_key_value_heads=32),  # Llama-2-7B
+}
+BAICHUAN_SHAPES = {"baichuan2-7b": "baichuan2-7b", "baichuan2-13b": "baichuan2-13b"}
+#: bytes per parameter a method keeps on the GPU (weights, grads, AdamW states) before activations
+BYTES_PER_PARAM = {"lora": 2.0, "qlora": 0.6, "full": 16.0}
+VERSIONED = ("torch", "transformers", "peft", "deepspeed", "bitsandbytes", "flash-attn", "trl", "xt-core")
 
 
-def peak_tflops(name: str) -> float | None:
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def peak_tflops(name: str | None) -> float | None:
     if os.environ.get("XT_PEAK_TFLOPS"):
         return float(os.environ["XT_PEAK_TFLOPS"])
-    for key, value in PEAK_BF16_TFLOPS.items():
-        if key in name:
-            return value
+    return next((value for key, value in PEAK_BF16_TFLOPS.items() if name and key in name), None)
+
+
+def device_info() -> dict[str, Any]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"cuda": False, "name": None, "memory_gib": None, "peak_bf16_tflops": None}
+    props = torch.cuda.get_device_properties(0)
+    return {"cuda": True, "name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+            "peak_bf16_tflops": peak_tflops(props.name)}
+
+
+def model_config(name: str) -> Any:
+    """A transformers config for a named shape (Baichuan2 from xt-baichuan's registered presets)."""
+    if name in LLAMA_SHAPES:
+        from transformers import LlamaConfig
+
+        return LlamaConfig(vocab_size=32000, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2,
+                           pad_token_id=0, **LLAMA_SHAPES[name])
+    from xt.plugins import get_registry
+
+    return get_registry().resolve_model(BAICHUAN_SHAPES[name]).config()
+
+
+def parameter_count(config: Any) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    return sum(p.numel() for p in model.parameters())
+
+
+class Report:
+    """The JSON being built; rows are appended as they finish and the file is rewritten each time."""
+
+    def __init__(self, out: Path, settings: dict[str, Any]) -> None:
+        self.out, self.started = out, time.perf_counter()
+        self.data: dict[str, Any] = {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                     "device": device_info(), "versions": versions(), "settings": settings,
+                                     "rows": [], "seconds": 0.0}
+
+    def add(self, row: dict[str, Any]) -> None:
+        row.setdefault("reason", None)
+        self.data["rows"].append(row)
+        self.data["seconds"] = round(time.perf_counter() - self.started, 1)
+        tmp = self.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        tmp.replace(self.out)
+        print(json.dumps(row), flush=True)
+
+
+def skip_reason(method: str, n_params: int, device: dict[str, Any], spent: float, budget: float) -> str | None:
+    """Why a training row cannot run here, or None."""
+    if not device["cuda"]:
+        return "no CUDA device (torch.cuda.is_available() is False)"
+    if method == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
+        return "bitsandbytes is not installed"
+    need = n_params * BYTES_PER_PARAM[method] / 2**30
+    if need > 0.9 * device["memory_gib"]:
+        return f"needs about {need:.0f} GiB before activations ({method}), the device has {device['memory_gib']} GiB"
+    if spent > budget:
+        return f"time budget of {budget:.0f} s spent"
     return None
 
 
-def save_model(folder: Path) -> int:
+def sample_lengths(seq: int, rows: int) -> list[list[int]]:
+    """Per packed row, sample lengths that fill ``seq`` (alpaca-like spread: 64 to seq / 4)."""
+    import random
+
+    rng = random.Random(0)
+    out = []
+    for _ in range(rows):
+        lengths: list[int] = []
+        while sum(lengths) < seq - 64:
+            lengths.append(min(rng.randint(64, max(65, seq // 4)), seq - sum(lengths)))
+        out.append(lengths)
+    return out
+
+
+def batches(seq: int, rows: int, vocab: int, device: str) -> dict[str, Any]:
+    """The same samples as packed rows (position_ids restart, no mask) and as padded rows (one per sample)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+
+    lengths = sample_lengths(seq, rows)
+    generator = torch.Generator().manual_seed(0)
+    samples = [torch.randint(3, vocab, (n,), generator=generator) for row in lengths for n in row]
+    packed_ids = torch.zeros(rows, seq, dtype=torch.long)
+    packed_pos = torch.arange(seq).repeat(rows, 1)
+    k = 0
+    for r, row in enumerate(lengths):
+        at = 0
+        for n in row:
+            packed_ids[r, at:at + n] = samples[k]
+            packed_pos[r, at:at + n] = torch.arange(n)
+            at, k = at + n, k + 1
+        packed_pos[r, at:] = torch.arange(seq - at)
+    width = max(len(s) for s in samples)
+    padded_ids = torch.zeros(len(samples), width, dtype=torch.long)
+    mask = torch.zeros(len(samples), width, dtype=torch.long)
+    for i, s in enumerate(samples):
+        padded_ids[i, :len(s)], mask[i, :len(s)] = s, 1
+    real = sum(len(s) for s in samples)
+    return {"packed": ({"input_ids": packed_ids.to(device), "position_ids": packed_pos.to(device)}, real),
+            "padded": ({"input_ids": padded_ids.to(device), "attention_mask": mask.to(device)}, real)}
+
+
+def save_random_model(config: Any, folder: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(str(folder))
     from xt.tokenizers import tiny_tokenizer
 
-    config = LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-                         num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=4096,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0)  # TinyLlama-1.1B shape
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
-    n_params = sum(p.numel() for p in model.parameters())
-    model.save_pretrained(str(folder))
     tiny_tokenizer().save_pretrained(str(folder))
     del model
     torch.cuda.empty_cache()
-    return n_params
 
 
-def bench(model_dir: Path, method: str, attn: str, steps: int, batch: int, seq: int, n_params: int) -> str:
+def train_row(folder: Path, method: str, layout: str, args: argparse.Namespace, n_params: int,
+              device: dict[str, Any], vocab: int) -> dict[str, Any]:
     import torch
     from xt.config import from_dict
     from xt.model.setup import build_model
     from xt.plugins import get_registry
 
-    cfg = from_dict({"model": str(model_dir), "dataset": "none", "method": method, "dtype": "bf16", "attn": attn,
+    cfg = from_dict({"model": str(folder), "dataset": "none", "method": method, "dtype": "bf16", "attn": "auto",
                      "gradient_checkpointing": True, "lora_r": 16, "lora_alpha": 32})
-    loaded = build_model(cfg, get_registry().resolve_model(str(model_dir)))
-    model = loaded.model.cuda() if method == "lora" else loaded.model
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    ids = torch.randint(3, 32000, (batch, seq), device="cuda")
-    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    loaded = build_model(cfg, get_registry().resolve_model(str(folder)))
+    model = loaded.model if method == "qlora" else loaded.model.cuda()
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    inputs, real = batches(args.seq, args.rows, vocab, "cuda")[layout]
+    if layout == "packed" and loaded.attn.startswith("flash"):  # flash-attn finds samples only in a single row
+        inputs = {key: value.reshape(1, -1) for key, value in inputs.items()}
+    mask = inputs.get("attention_mask")
+    labels = inputs["input_ids"] if mask is None else inputs["input_ids"].masked_fill(mask == 0, -100)
     times = []
-    for step in range(steps + 2):
+    for step in range(args.steps + 1):
+        torch.cuda.synchronize()
         t0 = time.perf_counter()
-        out = model(input_ids=ids, labels=ids, use_cache=False)
+        out = model(**inputs, labels=labels, use_cache=False)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
-        if step >= 2:
+        if step:
             times.append(time.perf_counter() - t0)
-    tok_s = batch * seq / (sum(times) / len(times))
-    peak = peak_tflops(torch.cuda.get_device_name())
-    mfu = f"{100 * 6 * n_params * tok_s / (peak * 1e12):.1f}%" if peak else "n/a (set XT_PEAK_TFLOPS)"
-    mem = torch.cuda.max_memory_allocated() / 2**30
-    del model, opt, loaded
+    times.sort()
+    tok_s = real / times[len(times) // 2]
+    peak = device["peak_bf16_tflops"]
+    row = {"tokens_per_s": round(tok_s, 1), "mfu": round(6 * n_params * tok_s / (peak * 1e12), 4) if peak else None,
+           "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2), "attn": loaded.attn}
+    del model, opt, loaded, out
     torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    return f"{method:6s} {attn:18s} {tok_s:10.0f} tokens/s  MFU {mfu:>8s}  peak mem {mem:5.1f} GiB"
+    return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--seq", type=int, default=2048)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--attn", default="sdpa,flash_attention_2")
-    args = parser.parse_args()
+def logits_row(config: Any, attn: str) -> dict[str, Any]:
+    """Packed vs separate forward passes of the same samples on CUDA (bf16): the largest logit difference."""
     import torch
+    from transformers import AutoModelForCausalLM
+    from xt.model.packed import use_packed_sdpa
 
-    if not torch.cuda.is_available():
-        sys.exit("bench/gpu.py needs a CUDA GPU; none is visible here (torch.cuda.is_available() is False).")
-    from xt.model.loading import flash_attn_available
+    torch.manual_seed(0)
+    small = type(config)(**{**config.to_dict(), "num_hidden_layers": 2})
+    model = AutoModelForCausalLM.from_config(small, dtype=torch.bfloat16, attn_implementation=attn).cuda().eval()
+    if attn == "sdpa":
+        use_packed_sdpa(model)
+    lengths = [37, 120, 64, 300]
+    samples = [torch.randint(3, small.vocab_size, (n,), device="cuda") for n in lengths]
+    with torch.no_grad():
+        ids = torch.cat(samples)[None]
+        pos = torch.cat([torch.arange(n, device="cuda") for n in lengths])[None]
+        packed = model(input_ids=ids, position_ids=pos, use_cache=False).logits[0].float()
+        separate = torch.cat([model(input_ids=s[None], use_cache=False).logits[0].float() for s in samples])
+    diff = (packed - separate).abs().max().item()
+    return {"max_abs_diff": diff, "tolerance": 0.05, "status": "ok" if diff <= 0.05 else "failed",
+            "attn_used": model.config._attn_implementation}
 
-    attns = [a for a in args.attn.split(",") if a != "flash_attention_2" or flash_attn_available()]
-    print(f"device: {torch.cuda.get_device_name()}, peak bf16 {peak_tflops(torch.cuda.get_device_name())} TFLOP/s")
-    with tempfile.TemporaryDirectory() as tmp:
-        n_params = save_model(Path(tmp))
-        print(f"model: Llama {n_params / 1e9:.2f}B params, batch {args.batch} x {args.seq} tokens, "
-              f"gradient checkpointing on")
-        for method in ("lora", "qlora"):
-            for attn in attns:
-                print(bench(Path(tmp), method, attn, args.steps, args.batch, args.seq, n_params), flush=True)
-    if "flash_attention_2" in args.attn and "flash_attention_2" not in attns:
-        print("flash-attn is not installed: flash_attention_2 rows skipped")
+
+def trl_row(folder: Path, args: argparse.Namespace, xt_tok_s: float | None) -> dict[str, Any]:
+    """The LoRA bf16 packed configuration through TRL's SFTTrainer; tokens/s and the xt / TRL ratio."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.bfloat16).cuda()
+    lengths = [n for row in sample_lengths(args.seq, args.rows * (args.steps + 1)) for n in row]
+    generator = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": torch.randint(3, model.config.vocab_size, (n,), generator=generator).tolist()}
+            for n in lengths]
+    config = SFTConfig(output_dir=str(folder / "trl"), per_device_train_batch_size=args.rows, max_length=args.seq,
+                       packing=True, padding_free=True, bf16=True, gradient_checkpointing=True, learning_rate=1e-5,
+                       max_steps=args.steps + 1, logging_steps=1, report_to=[], save_strategy="no")
+    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+    started = time.perf_counter()
+    trainer.train()
+    tok_s = args.rows * args.seq * (args.steps + 1) / (time.perf_counter() - started)
+    return {"trl_tokens_per_s": round(tok_s, 1), "xt_tokens_per_s": xt_tok_s,
+            "ratio": round(xt_tok_s / tok_s, 3) if xt_tok_s else None}
+
+
+def guarded(fn: Any, *args: Any) -> dict[str, Any]:
+    """Run a measurement; an exception becomes a failed row with its message (out of memory: skipped)."""
+    try:
+        row = fn(*args)
+        row.setdefault("status", "ok")
+        return row
+    except Exception as exc:  # one failing row must not stop the check
+        oom = "out of memory" in str(exc).lower()
+        with contextlib.suppress(Exception):
+            import torch
+
+            torch.cuda.empty_cache()
+        return {"status": "skipped" if oom else "failed", "reason": f"{type(exc).__name__}: {str(exc)[:300]}"}
+
+
+def run(args: argparse.Namespace) -> Report:
+    report = Report(Path(args.out), {k: getattr(args, k) for k in ("steps", "seq", "rows", "budget_s", "models")})
+    device = report.data["device"]
+    models = [m for m in args.models.split(",") if m]
+    for name in models:
+        if name not in LLAMA_SHAPES and name not in BAICHUAN_SHAPES:
+            sys.exit(f"Unknown model shape '{name}'; choose from {', '.join([*LLAMA_SHAPES, *BAICHUAN_SHAPES])}.")
+    xt_lora_packed: dict[str, float] = {}
+    for name in models:
+        config = model_config(name)
+        n_params = parameter_count(config)
+        folder = None
+        for method in METHODS:
+            for layout in LAYOUTS:
+                row = {"check": "train", "model": name, "params": n_params, "method": method, "layout": layout}
+                reason = skip_reason(method, n_params, device, time.perf_counter() - report.started, args.budget_s)
+                if reason:
+                    report.add({**row, "status": "skipped", "reason": reason})
+                    continue
+                if folder is None:
+                    folder = Path(tempfile.mkdtemp(prefix=f"xt-gpu-{name}-"))
+                    save_random_model(config, folder)
+                result = guarded(train_row, folder, method, layout, args, n_params, device, config.vocab_size)
+                report.add({**row, **result})
+                if method == "lora" and layout == "packed" and result.get("tokens_per_s"):
+                    xt_lora_packed[name] = result["tokens_per_s"]
+        for attn in ("sdpa", "flash_attention_2"):
+            row = {"check": "packed_logits", "model": name, "attn": attn}
+            reason = None if device["cuda"] else "no CUDA device (torch.cuda.is_available() is False)"
+            if reason is None and attn == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+                reason = "flash-attn is not installed"
+            if reason is None and name.startswith("baichuan") and attn != "sdpa":
+                reason = "Baichuan2 (ALiBi / its own attention) runs sdpa only"
+            report.add({**row, "status": "skipped", "reason": reason} if reason else {**row, **guarded(logits_row, config, attn)})
+        row = {"check": "trl", "model": name, "method": "lora", "layout": "packed"}
+        if not device["cuda"]:
+            report.add({**row, "status": "skipped", "reason": "no CUDA device (torch.cuda.is_available() is False)"})
+        elif importlib.util.find_spec("trl") is None:
+            report.add({**row, "status": "skipped", "reason": "trl is not installed"})
+        elif folder is None or time.perf_counter() - report.started > args.budget_s:
+            report.add({**row, "status": "skipped", "reason": f"time budget of {args.budget_s:.0f} s spent"})
+        else:
+            report.add({**row, **guarded(trl_row, folder, args, xt_lora_packed.get(name))})
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="gpu-check.json")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per row (after one warm-up step)")
+    parser.add_argument("--seq", type=int, default=2048, help="tokens per packed row")
+    parser.add_argument("--rows", type=int, default=2, help="packed rows per batch")
+    parser.add_argument("--budget-s", type=float, default=420.0,
+                        help="after this many seconds the remaining rows are skipped (the check stays under 8 minutes)")
+    parser.add_argument("--models", default="llama-1b,llama-7b,baichuan2-7b,baichuan2-13b")
+    args = parser.parse_args(argv)
+    report = run(args)
+    rows = report.data["rows"]
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "failed")}
+    print(f"gpu-check: {counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed "
+          f"in {report.data['seconds']} s -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,20 @@
-"""Training throughput on CPU: the xt loop vs a bare PyTorch loop, and packed vs padded batches.
+"""Training throughput on CPU: packed vs length-grouped vs random padded batches, and xt vs a bare loop.
 
-    python bench/train.py [--steps 12] [--shared ../shared]
+    python bench/train.py [--steps 16] [--rounds 5] [--shared ../shared]
 
-Uses a small Llama built from a config (no download), the tiny-bpe tokenizer and the shared
-Alpaca demo rows (``alpaca`` dataset with ``--data-files``). Prints tokens/s (real, non-pad tokens)
-for: (1) ``xt.train.loop.train`` and a bare ``torch.optim.AdamW`` loop over the same batches;
-(2) the xt loop with packing on and off.
+A small Llama built from a config (no download), the tiny-bpe tokenizer and the shared Alpaca demo
+rows (``alpaca`` dataset with ``--data-files``), ``max_length`` 512, full fine-tuning. Each layout
+runs in a fresh process with one thread (``OMP_NUM_THREADS=1``), and is timed in CPU seconds of
+that process (``time.process_time`` per step, the loop's ``cpu_s``), so other jobs on the machine
+change the numbers little. The layouts are run in interleaved rounds; every ratio is computed
+within a round and reported as median and range (min-max) over the rounds. Throughput counts real
+(non-pad) tokens per CPU second over the steps after ``--warmup``.
+
+Layouts: ``packed`` (2 rows x 512, attention per sample), ``packed-dense`` (the same rows through
+transformers' stock sdpa: one block-diagonal mask over the whole row), ``grouped`` (4 samples per
+batch, length-grouped, padded), ``random`` (4 samples per batch in random order, padded), ``auto``
+(``pack: auto``: the pipeline's own choice) and ``bare`` (the packed batches through a plain
+PyTorch AdamW loop without DeepSpeed or xt's loop, to show the loop's overhead).
 """
 
 from __future__ import annotations
@@ -14,14 +23,24 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "torch_extensions"))
-
 ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+
+LAYOUTS = {
+    "packed": {"pack": True, "micro_batch_size": 2},
+    "packed-dense": {"pack": True, "micro_batch_size": 2},
+    "grouped": {"pack": False, "micro_batch_size": 4, "group_by_length": True},
+    "random": {"pack": False, "micro_batch_size": 4},
+    "auto": {"pack": "auto", "micro_batch_size": 2},
+}
+RATIOS = [("packed", "grouped"), ("packed", "random"), ("packed", "packed-dense"), ("auto", "grouped"),
+          ("auto", "random"), ("packed", "bare")]
 
 
 def make_model(folder: Path, shared: Path) -> Path:
@@ -42,78 +61,159 @@ def make_model(folder: Path, shared: Path) -> Path:
     return folder
 
 
-def xt_run(out: Path, model_dir: Path, data_file: Path, steps: int, **overrides) -> float:
-    """Median tokens/s of the xt loop (first two steps skipped as warm-up)."""
+def train_values(work: Path, layout: str, steps: int) -> dict:
+    return dict(model=str(work / "model"), dataset="alpaca", data_files=[str(work / "data.json")], method="full",
+                max_steps=steps, lr=1e-4, max_length=512, save_total_limit=0, output=str(work / f"run-{layout}"),
+                data_cache_dir=str(work / "cache"), template="default", seed=42, **LAYOUTS[layout])
+
+
+def xt_layout(work: Path, layout: str, steps: int, warmup: int) -> tuple[int, float, str | None]:
+    """(real tokens, CPU seconds) of the xt loop's steps after warm-up, and the data layout it trained on."""
     from xt.config import from_dict
     from xt.train.loop import train
 
-    values = dict(model=str(model_dir), dataset="alpaca", data_files=[str(data_file)], method="full",
-                  max_steps=steps, lr=1e-4, max_length=512, micro_batch_size=2, save_total_limit=0,
-                  output=str(out), data_cache_dir=str(out.parent / "cache"), template="default")
-    values.update(overrides)
-    run_dir = train(from_dict(values), overwrite=True)
+    if layout == "packed-dense":
+        import xt.model.setup
+
+        xt.model.setup.use_packed_sdpa = lambda model: False  # keep transformers' stock sdpa
+    cfg = from_dict(train_values(work, layout, steps))
+    run_dir = train(cfg, overwrite=True)
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return statistics.median(r["tokens_per_s"] for r in records if "tokens_per_s" in r and r["step"] > 2)
+    cpu = sum(r["cpu_s"] for r in records if "cpu_s" in r and r["step"] > warmup)
+    counts, stats = replayed_tokens(cfg)
+    return sum(counts[warmup:steps]), cpu, stats.get("layout")
 
 
-def bare_run(model_dir: Path, data_file: Path, steps: int, cache: Path) -> float:
-    """The same model, data, batches and optimizer without DeepSpeed or any xt loop code."""
-    import torch
+def replayed_tokens(cfg) -> tuple[list[int], dict]:
+    """Real tokens of each step, counted from the samples the loop's sampler handed out (padding
+    excluded), and the data stats; the data come from the loop's own (cached) build."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from xt.data import DataOptions, ResumableBatchSampler, build_dataset
-    from xt.data.collate import make_default_collator
+    from xt.data import ResumableBatchSampler
+    from xt.data.layout import attention_weight
+    from xt.data.pipeline import choose_template
     from xt.plugins import get_registry
+    from xt.train.loop import build_data
 
     registry = get_registry()
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    data = build_dataset(registry.get("datasets", "alpaca"), registry.get("templates", "default"), tok,
-                         DataOptions(data_files=[str(data_file)], max_length=512, cache_dir=str(cache), seed=42))
-    collate = make_default_collator(pad_token_id=tok.pad_token_id)
-    sampler = ResumableBatchSampler(data.lengths, 2, seed=42)
+    dataset = registry.get("datasets", cfg.dataset)
+    template = choose_template(None, dataset, cfg.template)
+    weight = attention_weight(AutoModelForCausalLM.from_pretrained(cfg.model)) if cfg.pack == "auto" else 0.0
+    data, _ = build_data(cfg, dataset, template, AutoTokenizer.from_pretrained(cfg.model), 0, 1, weight)
+    sampler = ResumableBatchSampler(data.lengths, cfg.micro_batch_size, seed=cfg.seed, shuffle=True,
+                                    group_by_length=cfg.group_by_length and not data.stats["packed"])
+    counts: list[int] = []
+    for indices in sampler:
+        counts.append(sum(int(data.lengths[i]) for i in indices))
+        if len(counts) == cfg.max_steps:
+            break
+    return counts, data.stats
+
+
+def bare_layout(work: Path, steps: int, warmup: int) -> tuple[int, float, str | None]:
+    """The packed batches through a plain PyTorch loop: same model set-up, data, sampler and optimizer."""
+    import torch
+    from xt.config import from_dict
+    from xt.data import DataOptions, ResumableBatchSampler, build_dataset
+    from xt.data.collate import make_default_collator
+    from xt.model.setup import build_model
+    from xt.plugins import get_registry
+
+    cfg = from_dict(train_values(work, "packed", steps))
+    registry = get_registry()
     torch.manual_seed(42)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation="sdpa")
-    model.config.use_cache = False
+    loaded = build_model(cfg, registry.resolve_model(cfg.model))
+    model, tok = loaded.model, loaded.tokenizer
+    data = build_dataset(registry.get("datasets", "alpaca"), registry.get("templates", "default"), tok,
+                         DataOptions(data_files=cfg.data_files, max_length=512, cache_dir=cfg.data_cache_dir, seed=42))
+    collate = make_default_collator(pad_token_id=tok.pad_token_id)
+    sampler = ResumableBatchSampler(data.lengths, cfg.micro_batch_size, seed=42)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    speeds = []
+    tokens, cpu = 0, 0.0
     for step, idx in enumerate(sampler, start=1):
         if step > steps:
             break
-        t0 = time.perf_counter()
+        started = time.process_time()
         batch = collate([data[i] for i in idx])
-        out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                    attention_mask=batch.get("attention_mask"), use_cache=False)
+        out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
         logits = out.logits[:, :-1].float()
-        labels = batch["labels"][:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
-                                                 ignore_index=-100)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)),
+                                                 batch["labels"][:, 1:].reshape(-1), ignore_index=-100)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if step > 2:
-            speeds.append(batch["input_ids"].numel() / (time.perf_counter() - t0))
-    return statistics.median(speeds)
+        if step > warmup:
+            tokens += sum(int(data.lengths[i]) for i in idx)
+            cpu += time.process_time() - started
+    return tokens, cpu, "packed"
+
+
+def run_one(work: Path, layout: str, steps: int, warmup: int) -> None:
+    """Child process: measure one layout and print its JSON line."""
+    measured = bare_layout(work, steps, warmup) if layout == "bare" else xt_layout(work, layout, steps, warmup)
+    tokens, cpu, choice = measured
+    print("XT-BENCH " + json.dumps({"layout": layout, "tokens": tokens, "cpu_s": cpu, "choice": choice}))
+
+
+def measure(work: Path, layout: str, steps: int, warmup: int) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    done = subprocess.run([sys.executable, __file__, "--child", layout, "--work", str(work), "--steps", str(steps),
+                           "--warmup", str(warmup)], env=env, capture_output=True, text=True)
+    lines = [x for x in done.stdout.splitlines() if x.startswith("XT-BENCH ")]
+    if done.returncode != 0 or not lines:
+        sys.exit(f"layout {layout} failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len("XT-BENCH "):])
+
+
+def spread(values: list[float], fmt: str = "{:.2f}") -> str:
+    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--layouts", default="packed,packed-dense,grouped,random,auto,bare")
     parser.add_argument("--shared", default=os.environ.get("XT_SHARED", str(ROOT.parent / "shared")))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    shared = Path(args.shared)
-    data_file = shared / "data" / "alpaca" / "alpaca_en_demo.json"
+    if args.child:
+        run_one(Path(args.work), args.child, args.steps, args.warmup)
+        return
+    data_file = Path(args.shared) / "data" / "alpaca" / "alpaca_en_demo.json"
     if not data_file.is_file():
         sys.exit(f"{data_file} not found; pass --shared PATH")
+    layouts = args.layouts.split(",")
+    speeds: dict[str, list[float]] = {name: [] for name in layouts}
+    ratios: dict[tuple[str, str], list[float]] = {pair: [] for pair in RATIOS if set(pair) <= set(layouts)}
+    choices = set()
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"{os.cpu_count()} CPU cores, load average {load}; {args.rounds} rounds x {len(layouts)} layouts, "
+          f"{args.steps} steps each ({args.warmup} warm-up), one thread per process, CPU-time throughput")
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        model_dir = make_model(tmp / "model", shared)
-        xt_packed = xt_run(tmp / "packed", model_dir, data_file, args.steps)
-        bare = bare_run(model_dir, data_file, args.steps, tmp / "cache")
-        xt_padded = xt_run(tmp / "padded", model_dir, data_file, args.steps, pack=False, micro_batch_size=4)
-    print(f"xt loop (packed, 2 x 512):      {xt_packed:9.0f} tokens/s")
-    print(f"bare PyTorch loop (same):       {bare:9.0f} tokens/s   xt overhead {100 * (1 - xt_packed / bare):+.1f}%")
-    print(f"xt loop (padded, 4 rows/batch): {xt_padded:9.0f} tokens/s   packed/padded {xt_packed / xt_padded:.2f}x")
+        work = Path(tmp)
+        make_model(work / "model", Path(args.shared))
+        (work / "data.json").write_text(data_file.read_text())
+        for _ in range(args.rounds):
+            round_speed = {}
+            for layout in layouts:
+                result = measure(work, layout, args.steps, args.warmup)
+                round_speed[layout] = result["tokens"] / result["cpu_s"]
+                speeds[layout].append(round_speed[layout])
+                if layout == "auto" and result.get("choice"):
+                    choices.add(result["choice"])
+            for a, b in ratios:
+                ratios[(a, b)].append(round_speed[a] / round_speed[b])
+            print(f"round {len(speeds[layouts[0]])}: " + ", ".join(f"{a}/{b} {values[-1]:.2f}x"
+                                                               for (a, b), values in ratios.items()), flush=True)
+    for layout in layouts:
+        note = f"  (chose: {', '.join(sorted(choices))})" if layout == "auto" and choices else ""
+        print(f"{layout:13s} {spread(speeds[layout], '{:.0f}'):>24s} tokens per CPU-second{note}")
+    for (a, b), values in ratios.items():
+        print(f"{a} / {b}: {spread(values)}x")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     # data
     max_length: int = 2048
-    pack: bool = True
+    pack: bool | Literal["auto"] = True
     length_policy: Literal["truncate", "drop"] = "truncate"
     group_by_length: bool = False
     skip_bad_rows: bool = False

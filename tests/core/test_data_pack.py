@@ -9,6 +9,7 @@ import torch
 from xt.data import DataOptions, build_dataset
 from xt.data.collate import make_default_collator
 from xt.data.pack import fill_ratio, pack_best_fit
+from xt.model.packed import PACKED_SDPA, use_packed_sdpa
 from xt.plugins import get_registry
 from xt.template import IGNORE_INDEX
 
@@ -57,13 +58,15 @@ def test_alpaca_fill_and_whole_samples(alpaca_packed):
     assert sorted(pieces) == whole  # every sample whole, none cut, none lost
 
 
-def _tiny_llama():
+def _tiny_llama(attn="sdpa"):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=32000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
     model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    if attn == PACKED_SDPA:
+        assert use_packed_sdpa(model)
     return model.eval()
 
 
@@ -86,9 +89,10 @@ def _pack(samples):
             "position_ids": [p for s in samples for p in s["position_ids"]]}
 
 
+@pytest.mark.parametrize("attn", ["sdpa", PACKED_SDPA])
 @torch.no_grad()
-def test_packed_logits_and_loss_equal_separate_runs():
-    model = _tiny_llama()
+def test_packed_logits_and_loss_equal_separate_runs(attn):
+    model = _tiny_llama(attn)
     samples = _short_samples(5)
     rows = [_pack(samples[:3]), _pack(samples[3:])]  # two packed rows of different length: padding too
     batch = make_default_collator(pad_token_id=0)(rows)
@@ -159,3 +163,22 @@ def test_packing_keeps_images_in_order(tmp_path):
     again = build_dataset(spec, get_registry().get("templates", "default"), llama_tokenizer(),
                           DataOptions(max_length=64, cache_dir=str(tmp_path / "c")))
     assert again.stats["cached"] and [again[i]["images"] for i in range(len(again))] == [ds[i]["images"] for i in range(len(ds))]
+
+
+def test_per_sample_attention_gives_the_dense_masks_gradients_and_saves_plain_configs(tmp_path):
+    samples = _short_samples(5)
+    batch = make_default_collator(pad_token_id=0)([_pack(samples[:3]), _pack(samples[3:])])
+    grads = {}
+    for attn in ("sdpa", PACKED_SDPA):
+        model = _tiny_llama(attn).train()
+        model(**batch, use_cache=False).loss.backward()
+        grads[attn] = {n: p.grad for n, p in model.named_parameters()}
+    for name, grad in grads["sdpa"].items():
+        assert (grad - grads[PACKED_SDPA][name]).abs().max().item() <= 1e-6, name
+    assert model.config._attn_implementation == PACKED_SDPA
+    model.save_pretrained(str(tmp_path / "saved"))
+    assert PACKED_SDPA not in (tmp_path / "saved" / "config.json").read_text()  # loads without xt
+    # Generation (a cache, one query token) goes through stock sdpa and matches it.
+    prompt = torch.tensor([samples[0]["input_ids"][:6]])
+    plain = _tiny_llama("sdpa").generate(prompt, max_new_tokens=5, do_sample=False)
+    assert torch.equal(model.eval().generate(prompt, max_new_tokens=5, do_sample=False), plain)

@@ -33,3 +33,25 @@ def test_hostfile_goes_through_deepspeeds_launcher(tmp_path):
 def test_missing_hostfile_is_one_clear_sentence(tmp_path):
     with pytest.raises(XtError, match="Hostfile .* does not exist"):
         launch_command(2, str(tmp_path / "nope"), ["train"], script="xt")
+
+
+def test_node_rank_runs_deepspeeds_launcher_without_ssh(tmp_path):
+    hosts = tmp_path / "hostfile"
+    hosts.write_text("# two hosts\nnode-a slots=1\nnode-b slots=1\n")
+    argv = ["train", "--hostfile", str(hosts), "--node-rank", "1", "--master-addr", "10.0.0.1", "--master-port=29555",
+            "--model", "m"]
+    cmd = launch_command(1, str(hosts), argv, script="xt", node_rank=1, master_addr="10.0.0.1", master_port=29555)
+    assert "--no_ssh" in cmd and cmd[cmd.index("--node_rank") + 1] == "1"
+    assert cmd[cmd.index("--master_addr") + 1] == "10.0.0.1" and cmd[cmd.index("--master_port") + 1] == "29555"
+    assert cmd[cmd.index("xt") + 1:] == ["train", "--model", "m"]  # every launch option stripped
+
+
+def test_node_rank_problems_are_one_clear_sentence(tmp_path):
+    hosts = tmp_path / "hostfile"
+    hosts.write_text("node-a slots=1\nnode-b slots=1\n")
+    with pytest.raises(XtError, match="--node-rank 2 is outside the 2 hosts"):
+        launch_command(1, str(hosts), ["train"], script="xt", node_rank=2, master_addr="h", master_port=1)
+    with pytest.raises(XtError, match="needs --master-addr and --master-port"):
+        launch_command(1, str(hosts), ["train"], script="xt", node_rank=0)
+    with pytest.raises(XtError, match="--node-rank needs --hostfile"):
+        launch_command(1, None, ["train"], script="xt", node_rank=0)

@@ -155,3 +155,24 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(workdir, model_dir)
     assert (ckpts / latest / "xt_state.json").is_file()
     assert not (workdir / "nan" / "final").exists()
     assert json.loads((workdir / "nan" / "run.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("layout", ["packed", "grouped"])
+def test_pack_auto_trains_on_the_chosen_layout(workdir, model_dir, monkeypatch, layout):
+    import xt.data
+    import xt.data.pipeline
+
+    chosen = {"layout": layout, "cost_packed": 1.0, "cost_grouped": 1.0}
+    monkeypatch.setattr(xt.data.pipeline, "choose_layout", lambda *args, **kwargs: chosen)
+    grouping = []
+
+    class Recording(xt.data.ResumableBatchSampler):
+        def __init__(self, *args, **kwargs):
+            grouping.append(kwargs["group_by_length"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(xt.data, "ResumableBatchSampler", Recording)
+    run_dir = run(workdir, f"auto-{layout}", model_dir, method="full", max_steps=3, lr=1e-3, save_total_limit=0,
+                  pack="auto", data_cache_dir=str(workdir / f"cache-auto-{layout}"))
+    assert grouping == [layout == "grouped"]  # length-grouped batches exactly when the layout is not packed
+    assert len(losses(run_dir)) == 3 and all(loss == loss for loss in losses(run_dir))

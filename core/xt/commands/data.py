@@ -62,6 +62,22 @@ def _options(data_files: tuple[str, ...], split: str, max_length: int, length_po
                        length_policy=length_policy, skip_bad_rows=skip_bad_rows, **extra)
 
 
+def _attention_weight(model_name: str) -> float:
+    """The model's attention-pair cost (xt.data.layout) from its config on the meta device; 0 when unknown."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from xt.data.layout import attention_weight
+    from xt.plugins import get_registry
+
+    spec = get_registry().resolve_model(model_name)
+    try:
+        with torch.device("meta"):
+            return attention_weight(AutoModelForCausalLM.from_config(spec.config()))
+    except Exception:  # no config callable, or an architecture transformers cannot build
+        return 0.0
+
+
 @click.group("data")
 def data_group() -> None:
     """Inspect how a dataset is mapped, templated and packed."""
@@ -120,20 +136,26 @@ def _histogram(lengths: list[int], max_length: int, bins: int = 8) -> list[str]:
 @data_group.command("stats")
 @_common
 @click.option("--pack/--no-pack", default=True, show_default=True, help="Pack samples into rows of --max-length.")
+@click.option("--auto-layout", is_flag=True,
+              help="Let the pipeline choose packing or length-grouped batches, as 'pack: auto' in training does.")
+@click.option("--micro-batch-size", type=int, default=1, show_default=True, help="Rows per batch (for --auto-layout).")
 @click.option("--num-proc", type=int, default=1, show_default=True, help="Processes for map and tokenization.")
 @click.option("--cache-dir", default=None, help="Where processed datasets are cached (default $XT_CACHE_DIR/data).")
 @click.option("--no-cache", is_flag=True, help="Build without reading or writing the cache.")
 def stats_command(dataset_name: str, model_name: str, template_name: str | None, data_files: tuple[str, ...],
                   split: str, max_length: int, length_policy: str, skip_bad_rows: bool, model_path: str | None,
-                  image_folder: str | None, pack: bool, num_proc: int, cache_dir: str | None, no_cache: bool) -> None:
+                  image_folder: str | None, pack: bool, auto_layout: bool, micro_batch_size: int, num_proc: int,
+                  cache_dir: str | None, no_cache: bool) -> None:
     """Rows, tokens, a length histogram, truncated/dropped/skipped counts and packing fill."""
     import numpy as np
 
     from xt.data.pipeline import build_dataset
 
     dataset, template, tokenizer = _resolve(dataset_name, model_name, template_name, model_path, image_folder)
-    options = _options(data_files, split, max_length, length_policy, skip_bad_rows, pack=pack, num_proc=num_proc,
-                       cache_dir=cache_dir, use_cache=not no_cache)
+    options = _options(data_files, split, max_length, length_policy, skip_bad_rows,
+                       pack="auto" if auto_layout else pack, micro_batch_size=micro_batch_size,
+                       attention_weight=_attention_weight(model_name) if auto_layout else 0.0,
+                       num_proc=num_proc, cache_dir=cache_dir, use_cache=not no_cache)
     built = build_dataset(dataset, template, tokenizer, options)
     s = built.stats
     sample_lengths = np.diff(np.asarray(built.sample_offsets)).tolist()
@@ -154,5 +176,11 @@ def stats_command(dataset_name: str, model_name: str, template_name: str | None,
         click.echo(f"packed rows     {s['packed_rows']} (fill {100 * s['fill']:.1f}%)")
     else:
         click.echo("packed rows     packing off")
+    choice = s.get("layout_choice")
+    if choice:
+        click.echo(f"layout          {s['layout']} (chosen: estimated cost per token {choice['cost_packed']:.3f} "
+                   f"packed vs {choice['cost_grouped']:.3f} length-grouped, micro-batch {micro_batch_size})")
+    if "encode_threads" in s:
+        click.echo(f"tokenizer       {s['encode_processes']} process(es) x {s['encode_threads']} thread(s)")
     click.echo(f"cache           {'reused' if s.get('cached') else 'built'}"
                + (f" at {s['cache_path']}" if s.get("cache_path") else " (not cached)"))

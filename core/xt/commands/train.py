@@ -27,6 +27,10 @@ from xt.errors import XtError
               help="Continue from the latest checkpoint of DIR (default: the output folder).")
 @click.option("--nproc", type=int, default=None, help="Processes per node (re-launches through torchrun).")
 @click.option("--hostfile", type=click.Path(), help="DeepSpeed hostfile for multi-node runs.")
+@click.option("--node-rank", type=int, default=None,
+              help="With --hostfile: start only this host's processes, without ssh (run once per host).")
+@click.option("--master-addr", help="Address of the first host (multi-node; the same on every node).")
+@click.option("--master-port", type=int, default=None, help="A free port on the first host (multi-node).")
 @click.option("--stage", help="Training stage the model plugin defines (e.g. pretrain, finetune for llava-*).")
 @click.option("--image-folder", type=click.Path(file_okay=False), help="Folder with the images rows refer to.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (parameters, memory, data, steps) and exit.")
@@ -34,8 +38,8 @@ from xt.errors import XtError
 def train_command(config_file: str | None, config_opt: str | None, model: str | None, dataset: str | None,
                   template: str | None, method: str | None, data_files: tuple[str, ...], model_path: str | None,
                   output: str | None, overrides: tuple[str, ...], resume: str | None, nproc: int | None,
-                  hostfile: str | None, stage: str | None, image_folder: str | None, dry_run: bool,
-                  overwrite: bool) -> None:
+                  hostfile: str | None, node_rank: int | None, master_addr: str | None, master_port: int | None,
+                  stage: str | None, image_folder: str | None, dry_run: bool, overwrite: bool) -> None:
     """Fine-tune a model (LoRA, QLoRA or full) with DeepSpeed.
 
     \b
@@ -74,8 +78,9 @@ def train_command(config_file: str | None, config_opt: str | None, model: str | 
 
         click.echo(plan(cfg, world=world))
         return
-    if (nproc and nproc > 1 or hostfile) and not already_launched():
-        sys.exit(relaunch(nproc or 1, hostfile))
+    if (nproc and nproc > 1 or hostfile or node_rank is not None) and not already_launched():
+        sys.exit(relaunch(nproc or 1, hostfile, node_rank=node_rank, master_addr=master_addr,
+                          master_port=master_port))
     from xt.train.loop import train
 
     run_dir = train(cfg, resume=resume_value, overwrite=overwrite)

@@ -24,6 +24,7 @@ from xt.data.cache import (
     write_error_marker,
 )
 from xt.data.dataset import ProcessedDataset
+from xt.data.layout import choose_layout
 from xt.data.load import callable_fingerprint, load_rows, plan_sources
 from xt.data.pack import fill_ratio, pack_best_fit
 from xt.data.process import process_rows
@@ -42,7 +43,9 @@ class DataOptions:
     split: str = "train"
     max_length: int = 2048
     length_policy: str = "truncate"  # or "drop"
-    pack: bool = True
+    pack: bool | str = True  # or "auto": packed rows or length-grouped batches, whichever is estimated cheaper
+    micro_batch_size: int = 1  # rows per batch, for the "auto" estimate
+    attention_weight: float = 0.0  # cost of an attention pair vs a token, for "auto" (xt.data.layout)
     skip_bad_rows: bool = False
     num_proc: int = 1
     cache_dir: str | None = None
@@ -95,6 +98,8 @@ def build_dataset(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, 
         "pack": options.pack,
         "skip_bad_rows": options.skip_bad_rows,
     }
+    if options.pack == "auto":
+        parts.update(micro_batch_size=options.micro_batch_size, attention_weight=options.attention_weight)
     entry = os.path.join(options.cache_dir or default_cache_dir(), cache_key(parts))
     if not is_complete(entry):
         if rank != 0 and world_size > 1:
@@ -124,6 +129,16 @@ def build_dataset(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, 
     return loaded
 
 
+def encode_parallelism(num_proc: int, rows: int) -> dict[str, int]:
+    """Processes that mapped and tokenized, and the tokenizer's own threads in each (its Rust pool)."""
+    processes = num_proc if num_proc > 1 and rows >= 2 * num_proc else 1
+    if processes > 1 or os.environ.get("TOKENIZERS_PARALLELISM", "").lower() in ("0", "false", "off", "no"):
+        threads = 1  # forked workers run the tokenizer single-threaded (see xt.data.process)
+    else:
+        threads = int(os.environ.get("RAYON_NUM_THREADS") or os.environ.get("RAYON_RS_NUM_CPUS") or os.cpu_count() or 1)
+    return {"encode_processes": processes, "encode_threads": threads}
+
+
 def _build(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, options: DataOptions,
            plan: Any) -> ProcessedDataset:
     started = time.perf_counter()
@@ -139,7 +154,10 @@ def _build(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, options
                       f"({counts['dropped']} longer than max_length {options.max_length} dropped, "
                       f"{counts['no_labels']} without reply tokens after truncation); raise --max-length.")
     length_list = lengths.tolist()
-    rows = pack_best_fit(length_list, options.max_length) if options.pack else [[i] for i in range(len(length_list))]
+    choice = choose_layout(length_list, options.max_length, options.micro_batch_size, options.attention_weight,
+                           options.seed) if options.pack == "auto" else None
+    pack = choice["layout"] == "packed" if choice else bool(options.pack)
+    rows = pack_best_fit(length_list, options.max_length) if pack else [[i] for i in range(len(length_list))]
     stats: dict[str, Any] = {
         "dataset": dataset.name,
         "template": template.name,
@@ -150,13 +168,16 @@ def _build(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, options
         "dropped_too_long": counts["dropped"],
         "dropped_no_labels": counts["no_labels"],
         "samples": len(length_list),
-        "packed": options.pack,
+        "packed": pack,
+        "layout": "packed" if pack else ("grouped" if choice else "single"),
+        "layout_choice": choice,
         "packed_rows": len(rows),
         "tokens": int(lengths.sum()),
         "label_tokens": int((result.labels != IGNORE_INDEX).sum()),
         "max_length": options.max_length,
-        "fill": round(fill_ratio(length_list, rows, options.max_length), 4) if options.pack else None,
+        "fill": round(fill_ratio(length_list, rows, options.max_length), 4) if pack else None,
         "build_seconds": round(time.perf_counter() - started, 3),
+        **encode_parallelism(options.num_proc, counts["rows"]),
         "cached": False,
         "cache_path": None,
     }

@@ -8,6 +8,7 @@ from typing import Any
 
 from xt.errors import XtError
 from xt.model.loading import choose_attention, disable_bnb_avx512bf16, load_hf_causal_lm, load_hf_tokenizer
+from xt.model.packed import use_packed_sdpa
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -94,6 +95,8 @@ def load_base_model(cfg: Any, spec: Any, source: str | None, dtype: str, attn: s
     loader = spec.load_model or load_hf_causal_lm
     model = loader(source, **kwargs)
     disable_bnb_avx512bf16(model)  # always: the bug only bites after a no-grad forward
+    if attn == "sdpa":
+        use_packed_sdpa(model)  # packed rows: attention per sample, not over the whole row
     return model
 
 

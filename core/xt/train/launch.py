@@ -1,4 +1,9 @@
-"""``xt train --nproc N`` / ``--hostfile F``: re-run the same command under torchrun or DeepSpeed's launcher."""
+"""``xt train --nproc N`` / ``--hostfile F``: re-run the same command under torchrun or DeepSpeed's launcher.
+
+With ``--node-rank R`` (and ``--master-addr``, ``--master-port``) DeepSpeed's launcher runs without ssh:
+the same command is started by hand (or by a scheduler) once on every host of the hostfile, each with
+its own node rank, and the processes meet at the master address.
+"""
 
 from __future__ import annotations
 
@@ -11,27 +16,34 @@ from collections.abc import Sequence
 from xt.errors import XtError
 
 LAUNCHED_ENV = "XT_LAUNCHED"
+LAUNCH_OPTIONS = ("--nproc", "--hostfile", "--node-rank", "--master-addr", "--master-port")
 
 
 def strip_launch_options(argv: Sequence[str]) -> list[str]:
-    """The command-line arguments without ``--nproc`` / ``--hostfile`` (and their values)."""
+    """The command-line arguments without the launch options (``--nproc``, ``--hostfile`` ...) and their values."""
     out: list[str] = []
     skip = False
     for arg in argv:
         if skip:
             skip = False
             continue
-        if arg in ("--nproc", "--hostfile"):
+        if arg in LAUNCH_OPTIONS:
             skip = True
             continue
-        if arg.startswith(("--nproc=", "--hostfile=")):
+        if arg.startswith(tuple(f"{option}=" for option in LAUNCH_OPTIONS)):
             continue
         out.append(arg)
     return out
 
 
-def launch_command(nproc: int, hostfile: str | None, argv: Sequence[str], script: str | None = None) -> list[str]:
-    """The launcher command that runs ``script argv`` (minus launch options) in ``nproc`` processes per node."""
+def launch_command(nproc: int, hostfile: str | None, argv: Sequence[str], script: str | None = None,
+                   node_rank: int | None = None, master_addr: str | None = None,
+                   master_port: int | None = None) -> list[str]:
+    """The launcher command that runs ``script argv`` (minus launch options) in ``nproc`` processes per node.
+
+    ``node_rank`` (with a hostfile) starts only this host's processes, without ssh; every host then
+    needs the same ``master_addr`` and ``master_port``.
+    """
     from xt.train.dist import free_port
 
     script = script or sys.argv[0]
@@ -43,17 +55,38 @@ def launch_command(nproc: int, hostfile: str | None, argv: Sequence[str], script
         launcher = beside_python if os.access(beside_python, os.X_OK) else shutil.which("deepspeed")
         if launcher is None:
             raise XtError("--hostfile needs DeepSpeed's 'deepspeed' launcher on PATH; reinstall deepspeed.")
-        return [launcher, "--hostfile", hostfile, "--num_gpus", str(nproc), "--no_local_rank",
-                "--master_port", str(free_port()), script, *args]
+        node = _node_options(hostfile, node_rank, master_addr, master_port)
+        return [launcher, "--hostfile", hostfile, "--num_gpus", str(nproc), "--no_local_rank", *node,
+                "--master_port", str(master_port or free_port()), script, *args]
+    if node_rank is not None:
+        raise XtError("--node-rank needs --hostfile (the hosts of the run, one 'host slots=N' line each).")
     return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--nnodes", "1",
             "--master-addr", "127.0.0.1", "--master-port", str(free_port()), script, *args]
 
 
-def relaunch(nproc: int, hostfile: str | None, argv: Sequence[str] | None = None) -> int:
+def _node_options(hostfile: str, node_rank: int | None, master_addr: str | None,
+                  master_port: int | None) -> list[str]:
+    """DeepSpeed launcher options for one node of a run started on each host by hand (no ssh)."""
+    if node_rank is None:
+        return ["--master_addr", master_addr] if master_addr else []
+    hosts = [line.split()[0] for line in open(hostfile, encoding="utf-8")
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not 0 <= node_rank < len(hosts):
+        raise XtError(f"--node-rank {node_rank} is outside the {len(hosts)} hosts of '{hostfile}'; "
+                      f"use 0 to {len(hosts) - 1}.")
+    if not master_addr or not master_port:
+        raise XtError("--node-rank needs --master-addr and --master-port, the same on every node "
+                      "(the address of the first host and a free port on it).")
+    return ["--no_ssh", "--node_rank", str(node_rank), "--master_addr", master_addr]
+
+
+def relaunch(nproc: int, hostfile: str | None, argv: Sequence[str] | None = None, *, node_rank: int | None = None,
+             master_addr: str | None = None, master_port: int | None = None) -> int:
     """Run the launcher and wait; returns its exit code."""
     if nproc < 1:
         raise XtError(f"--nproc must be at least 1, got {nproc}.")
-    cmd = launch_command(nproc, hostfile, sys.argv[1:] if argv is None else argv)
+    cmd = launch_command(nproc, hostfile, sys.argv[1:] if argv is None else argv, node_rank=node_rank,
+                         master_addr=master_addr, master_port=master_port)
     from xt.train.dist import SELF_LAUNCH_MARK
 
     # Drop a single-process group set up earlier in this environment (e.g. by an in-process run):

@@ -84,7 +84,7 @@ def seed_everything(seed: int) -> None:
 
 
 def build_data(cfg: TrainConfig, dataset_spec: Any, template: Any, tokenizer: Any, rank: int,
-               world: int) -> tuple[Any, Any]:
+               world: int, attention_weight: float = 0.0) -> tuple[Any, Any]:
     """(train rows, validation rows or None): the dataset's validation split, else a val_ratio slice."""
     from xt.data import DataOptions, build_dataset
     from xt.train.evaluation import RowSubset
@@ -93,7 +93,7 @@ def build_data(cfg: TrainConfig, dataset_spec: Any, template: Any, tokenizer: An
         return DataOptions(data_files=cfg.data_files or None, split=split, max_length=cfg.max_length,
                            length_policy=cfg.length_policy, pack=cfg.pack, skip_bad_rows=cfg.skip_bad_rows,
                            num_proc=cfg.num_proc, cache_dir=cfg.data_cache_dir, use_cache=cfg.use_data_cache,
-                           seed=cfg.seed)
+                           seed=cfg.seed, micro_batch_size=cfg.micro_batch_size, attention_weight=attention_weight)
 
     train = build_dataset(dataset_spec, template, tokenizer, options("train"), rank=rank, world_size=world)
     wants_eval = cfg.eval_steps > 0 or cfg.eval_samples > 0 or cfg.val_ratio > 0
@@ -139,6 +139,7 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
 
     from xt import __version__
     from xt.data import ResumableBatchSampler
+    from xt.data.layout import attention_weight
     from xt.data.pipeline import choose_template
     from xt.model.saving import save_final
     from xt.model.setup import build_model, count_parameters
@@ -168,7 +169,8 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     template = choose_template(model_spec, dataset_spec, cfg.template)
     loaded = build_model(cfg, model_spec)
     model, tokenizer = loaded.model, loaded.tokenizer
-    train_rows, val_rows = build_data(cfg, dataset_spec, template, tokenizer, rank, world)
+    train_rows, val_rows = build_data(cfg, dataset_spec, template, tokenizer, rank, world,
+                                      attention_weight(model) if cfg.pack == "auto" else 0.0)
 
     # ---- the run directory: written only once model and data loaded, so a bad name, an unreachable
     # hub or a malformed file leaves nothing behind
@@ -185,14 +187,14 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     collator_name = cfg.collator if cfg.collator != "default" else model_spec.extra.get("collator", "default")
     collate = registry.get("collators", collator_name).factory(
         tokenizer=tokenizer, pad_token_id=safe_pad_id(tokenizer, model), attn_implementation=loaded.attn)
+    grouped = cfg.group_by_length and not train_rows.stats["packed"] or train_rows.stats.get("layout") == "grouped"
     make_sampler = model_spec.extra.get("batch_sampler")  # e.g. modality-grouped batches for multimodal models
     if make_sampler is not None:
         sampler = make_sampler(train_rows, cfg.micro_batch_size, rank=rank, world_size=world, seed=cfg.seed,
-                               shuffle=True, group_by_length=cfg.group_by_length and not cfg.pack, drop_last=True)
+                               shuffle=True, group_by_length=grouped, drop_last=True)
     else:
         sampler = ResumableBatchSampler(train_rows.lengths, cfg.micro_batch_size, rank=rank, world_size=world,
-                                        seed=cfg.seed, shuffle=True,
-                                        group_by_length=cfg.group_by_length and not cfg.pack)
+                                        seed=cfg.seed, shuffle=True, group_by_length=grouped)
     steps_per_epoch = len(sampler) // cfg.grad_accum
     if steps_per_epoch == 0:
         raise XtError(f"The dataset has {len(train_rows)} rows, fewer than one optimizer step needs "
@@ -276,7 +278,7 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     tokens_seen = int(history.get("tokens", 0))
     step = start_step
     for step in range(start_step + 1, total_steps + 1):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         window = [next(batches) for _ in range(cfg.grad_accum)]
         (window_labels,) = all_reduce_sum([float(sum(label_tokens(b) for b in window))], device)
         lr = scheduler.get_last_lr()[0]
@@ -306,7 +308,8 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
         tokens_seen += int(global_tokens)
         grad_norm = engine.get_global_grad_norm()
         record = {"step": step, "loss": loss, "lr": lr, "tokens": int(global_tokens),
-                  "tokens_per_s": global_tokens / max(elapsed, 1e-9), "epoch": sampler.epoch}
+                  "tokens_per_s": global_tokens / max(elapsed, 1e-9), "epoch": sampler.epoch,
+                  "cpu_s": time.process_time() - started_cpu}
         if grad_norm is not None:
             record["grad_norm"] = float(grad_norm)
         history = {"tokens": tokens_seen, "last_loss": loss}

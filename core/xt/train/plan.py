@@ -131,7 +131,7 @@ def _dataset_summary(cfg: TrainConfig, world: int) -> str:
         options = DataOptions(data_files=cfg.data_files or None, max_length=cfg.max_length,
                               length_policy=cfg.length_policy, pack=cfg.pack, skip_bad_rows=cfg.skip_bad_rows,
                               num_proc=cfg.num_proc, cache_dir=cfg.data_cache_dir, use_cache=cfg.use_data_cache,
-                              seed=cfg.seed)
+                              seed=cfg.seed, micro_batch_size=cfg.micro_batch_size)
         data = build_dataset(dataset_spec, template, tokenizer, options)
     except XtError as exc:
         return f"dataset not available offline ({exc})"
@@ -142,7 +142,7 @@ def _dataset_summary(cfg: TrainConfig, world: int) -> str:
     per_step = cfg.micro_batch_size * cfg.grad_accum * world
     steps = rows // per_step
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps)) if steps else 0
-    return (f"{rows:,} training rows ({'packed' if cfg.pack else 'unpacked'}, template '{template.name}'), "
+    return (f"{rows:,} training rows ({'packed' if data.stats['packed'] else 'unpacked'}, template '{template.name}'), "
             f"{tokens:,} tokens; {steps:,} optimizer steps per epoch at {per_step} rows per step; {total:,} steps planned")
 
 

@@ -1,0 +1,95 @@
+"""`make gpu-check` on a machine without CUDA: exits 0, writes the JSON, every GPU row skipped with a reason."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ROW_FIELDS = {
+    "train": {"model": str, "params": int, "method": str, "layout": str},
+    "packed_logits": {"model": str, "attn": str},
+    "trl": {"model": str, "method": str, "layout": str},
+}
+MEASURED = {"train": ("tokens_per_s", "mfu", "peak_mem_gib"), "packed_logits": ("max_abs_diff", "tolerance"),
+            "trl": ("trl_tokens_per_s", "ratio")}
+
+
+def gpu_bench():
+    spec = importlib.util.spec_from_file_location("xt_bench_gpu", ROOT / "bench" / "gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_schema(report: dict) -> None:
+    """The report's shape, checked field by field (what a reader of gpu-check.json relies on)."""
+    assert report["schema"] == "xt-gpu-check/1"
+    assert set(report) == {"schema", "created", "device", "versions", "settings", "rows", "seconds"}
+    assert set(report["device"]) == {"cuda", "name", "memory_gib", "peak_bf16_tflops"}
+    assert isinstance(report["device"]["cuda"], bool)
+    assert {"python", "torch", "transformers", "peft", "bitsandbytes", "flash-attn", "trl"} <= set(report["versions"])
+    assert isinstance(report["seconds"], float) and report["seconds"] >= 0
+    for row in report["rows"]:
+        fields = ROW_FIELDS[row["check"]]
+        for name, kind in fields.items():
+            assert isinstance(row[name], kind), (name, row)
+        assert row["status"] in ("ok", "skipped", "failed")
+        if row["status"] == "ok":
+            assert all(isinstance(row[k], (int, float)) for k in MEASURED[row["check"]] if row.get(k) is not None)
+        else:
+            assert isinstance(row["reason"], str) and row["reason"], row
+
+
+@pytest.mark.slow
+def test_gpu_check_on_cpu_skips_every_row_with_a_reason(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this test checks the no-CUDA path")
+    out = tmp_path / "gpu-check.json"
+    done = subprocess.run(["make", "-C", str(ROOT), "gpu-check", f"GPU_PYTHON={sys.executable}", f"GPU_CHECK_OUT={out}"],
+                          capture_output=True, text=True, timeout=480)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    check_schema(report)
+    rows = report["rows"]
+    models = {"llama-1b", "llama-7b", "baichuan2-7b", "baichuan2-13b"}
+    assert {(r["model"], r["method"], r["layout"]) for r in rows if r["check"] == "train"} == \
+        {(m, method, layout) for m in models for method in ("lora", "qlora", "full") for layout in ("packed", "padded")}
+    assert {r["model"] for r in rows if r["check"] == "packed_logits"} == models
+    assert {r["model"] for r in rows if r["check"] == "trl"} == models
+    assert all(r["status"] == "skipped" and "no CUDA device" in r["reason"] for r in rows)
+    assert report["device"]["cuda"] is False
+    assert "0 ok, 36 skipped, 0 failed" in done.stdout
+
+
+def test_skip_reasons_name_what_is_missing(monkeypatch):
+    bench = gpu_bench()
+    card = {"cuda": True, "name": "H200", "memory_gib": 139.8, "peak_bf16_tflops": 989.0}
+    assert bench.skip_reason("lora", 7_000_000_000, card, spent=0, budget=420) is None
+    assert "needs about 207 GiB" in bench.skip_reason("full", 13_896_668_160, card, spent=0, budget=420)
+    assert bench.skip_reason("full", 7_000_000_000, card, spent=0, budget=420) is None  # 104 GiB fits
+    assert bench.skip_reason("lora", 1_000_000, card, spent=421, budget=420) == "time budget of 420 s spent"
+    monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name: None)
+    assert bench.skip_reason("qlora", 1_000_000, card, spent=0, budget=420) == "bitsandbytes is not installed"
+    assert "no CUDA device" in bench.skip_reason("lora", 1, {**card, "cuda": False}, spent=0, budget=420)
+
+
+def test_packed_and_padded_batches_hold_the_same_tokens():
+    bench = gpu_bench()
+    batches = bench.batches(512, 2, 1000, "cpu")
+    packed, real_packed = batches["packed"]
+    padded, real_padded = batches["padded"]
+    assert real_packed == real_padded == int(padded["attention_mask"].sum())
+    flat_packed = packed["input_ids"].reshape(-1).tolist()
+    tokens = [t for row, mask in zip(padded["input_ids"].tolist(), padded["attention_mask"].tolist())
+              for t, m in zip(row, mask) if m]
+    assert tokens == [t for t in flat_packed if t != 0]  # the same samples in the same order (pad id 0)
+    restarts = int((packed["position_ids"] == 0).sum())
+    assert restarts >= padded["input_ids"].shape[0]  # one restart per sample (and per pad tail)
