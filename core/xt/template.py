@@ -67,34 +67,39 @@ class ChatTemplate:
         self.default_system = default_system
         self.stop_words = tuple(stop_words)
         self._anchor = _continuation_anchor(tokenizer)
+        self._entries = {name: _entries(getattr(self, name))
+                         for name in ("prefix", "system", "user", "head", "reply", "end", "turn_sep")}
 
     # -- layout -------------------------------------------------------------------------------
 
     def _items(self, messages: Sequence[dict[str, Any]], generation_prompt: bool) -> list[tuple[Any, bool]]:
-        """The rendered conversation as ``(ids tuple or text, carries loss)`` items, in order."""
-        system, turns = self.default_system, list(messages)
+        """The rendered conversation as ``(ids tuple or text run, carries loss)`` items, in order."""
+        system, turns = self.default_system, messages
         if turns and turns[0].get("role") == SYSTEM:
             system, turns = turns[0]["content"], turns[1:]
-        if generation_prompt:
-            last = len(turns)
-        else:
-            last = max(i for i, m in enumerate(turns) if m["role"] == "assistant") + 1
+        last = len(turns)
+        if not generation_prompt:
+            while turns[last - 1]["role"] != "assistant":
+                last -= 1
         items: list[tuple[Any, bool]] = []
-        _fill(items, self.prefix, False, "")
+        _emit(items, self._entries["prefix"], False, "")
         if system:
-            _fill(items, self.system, False, system)
-        for i, message in enumerate(turns[:last]):
+            _emit(items, self._entries["system"], False, system)
+        user, head, reply = self._entries["user"], self._entries["head"], self._entries["reply"]
+        end, sep = self._entries["end"], self._entries["turn_sep"]
+        for i in range(last):
+            message = turns[i]
             if message["role"] == "user":
-                _fill(items, self.user, False, message["content"])
+                _emit(items, user, False, message["content"])
                 continue
-            _fill(items, self.head, False, "")
-            _fill(items, self.reply, True, message["content"])
-            _fill(items, self.end, True, "")
+            _emit(items, head, False, "")
+            _emit(items, reply, True, message["content"])
+            _emit(items, end, True, "")
             if i != last - 1:
-                _fill(items, self.turn_sep, False, "")
+                _emit(items, sep, False, "")
         if generation_prompt:
-            _fill(items, self.head, False, "")
-        return _merge_runs(items)
+            _emit(items, head, False, "")
+        return items
 
     def _encode_items(self, layouts: list[list[tuple[Any, bool]]]) -> tuple[list[list[tuple[Any, bool]]], list[list[int]]]:
         """Layouts with each text run replaced by the index of its ids in the returned list."""
@@ -189,7 +194,7 @@ class ChatTemplate:
         turns = [m for m in messages if m.get("role") != SYSTEM]
         if not turns or turns[-1].get("role") != "user":
             raise XtError("A prompt must end with a user message.")
-        plans, encoded = self._encode_items([self._items(messages, True)])
+        plans, encoded = self._encode_items([self._items(list(messages), True)])
         return [i for item, _ in plans[0] for i in (encoded[item] if isinstance(item, int) else item)]
 
     def stop_token_ids(self) -> list[int]:
@@ -256,25 +261,25 @@ class ChatTemplate:
         return token
 
 
-def _fill(items: list[tuple[Any, bool]], pieces: Sequence[Piece], loss: bool, value: str) -> None:
-    for piece in pieces:
-        if piece.is_ids:
-            items.append((piece.ids, loss))
-        else:
-            text = value if piece.slot is not None else piece.text
-            if text:
-                items.append((text, loss))
+def _entries(pieces: Sequence[Piece]) -> tuple[Any, ...]:
+    """Pieces as what :func:`_emit` reads: an ids tuple, a constant text, or None for the slot."""
+    return tuple(p.ids if p.is_ids else (None if p.slot is not None else p.text) for p in pieces
+                 if p.is_ids or p.slot is not None or p.text)
 
 
-def _merge_runs(items: list[tuple[Any, bool]]) -> list[tuple[Any, bool]]:
-    """Adjacent texts with the same loss flag joined into one run."""
-    out: list[tuple[Any, bool]] = []
-    for item, loss in items:
-        if out and isinstance(item, str) and isinstance(out[-1][0], str) and out[-1][1] == loss:
-            out[-1] = (out[-1][0] + item, loss)
-        else:
-            out.append((item, loss))
-    return out
+def _emit(items: list[tuple[Any, bool]], entries: tuple[Any, ...], loss: bool, value: str) -> None:
+    """Append a section; text joins the previous item when that is text with the same loss flag."""
+    for entry in entries:
+        if entry is None:
+            entry = value
+            if not entry:
+                continue
+        if isinstance(entry, str) and items:
+            previous, previous_loss = items[-1]
+            if previous_loss == loss and isinstance(previous, str):
+                items[-1] = (previous + entry, loss)
+                continue
+        items.append((entry, loss))
 
 
 def _continuation_anchor(tokenizer: Any) -> tuple[str, int] | None:
