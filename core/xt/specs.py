@@ -124,8 +124,9 @@ class TemplateSpec(Spec):
     A conversation renders as ``prefix``, then ``system`` (when there is a system message or a
     ``default_system``), then for each turn ``user`` (the prompt, no loss), ``assistant`` followed
     by ``assistant_end`` (both carry loss) and ``turn_sep`` (no loss). Fixed framing before
-    ``{content}`` in ``assistant`` is prompt (no loss), except spaces at its very end, which start the
-    reply because tokenizers attach a space to the following word. ``{content}`` in ``user`` /
+    ``{content}`` in ``assistant`` is prompt (no loss), except spaces that end the prompt framing (that
+    framing, or ``user`` when there is none), which start the reply because tokenizers attach a
+    space to the following word. ``{content}`` in ``user`` /
     ``assistant`` and ``{system}`` in ``system`` are replaced by the message text. Generation stops
     at the token ids in ``assistant_end`` and at ``stop_words``. :mod:`xt.template` compiles it per
     tokenizer (:meth:`compile`).

@@ -14,9 +14,10 @@ therefore always a token boundary, the chat prompt is exactly the prefix of the 
 and ``tokenizer.apply_chat_template`` on a saved result gives the training ids whenever the
 tokenizer does not merge characters across a run boundary (the start and end of each reply).
 
-Fixed framing before ``{content}`` in the assistant part is prompt (no loss), except spaces at its
-very end: tokenizers attach a space to the word after it (``"ASSISTANT: Paris"`` -> ``":"``,
-``"▁Paris"``), so those spaces start the reply and carry loss.
+Fixed framing before ``{content}`` in the assistant part is prompt (no loss), except spaces at the
+very end of the prompt framing (that part, or the user part when it has none): tokenizers attach a
+space to the word after it (``"ASSISTANT: Paris"`` -> ``":"``, ``"▁Paris"``), so those spaces start
+the reply and carry loss.
 """
 
 from __future__ import annotations
@@ -328,15 +329,27 @@ def _compile_part(part: Any, tokenizer: Any, slot: str | None) -> list[Piece]:
     return [p for p in out if p.is_ids or p.slot is not None or p.text]
 
 
-def _split_head(pieces: list[Piece]) -> tuple[list[Piece], list[Piece]]:
-    """The assistant part split before its content: framing (prompt) and reply; trailing spaces go to the reply."""
-    at = next(i for i, p in enumerate(pieces) if p.slot is not None)
-    head, reply = pieces[:at], pieces[at:]
-    if head and head[-1].text and not head[-1].is_ids and head[-1].text.endswith(" "):
-        kept = head[-1].text.rstrip(" ")
-        reply = [Piece(text=head[-1].text[len(kept):])] + reply
-        head = head[:-1] + ([Piece(text=kept)] if kept else [])
-    return head, reply
+def _without_trailing_spaces(pieces: list[Piece]) -> tuple[list[Piece], list[Piece]]:
+    """``pieces`` minus the spaces ending their last constant text, and those spaces as a piece."""
+    if not pieces or pieces[-1].is_ids or pieces[-1].slot is not None or not pieces[-1].text.endswith(" "):
+        return pieces, []
+    kept = pieces[-1].text.rstrip(" ")
+    return pieces[:-1] + ([Piece(text=kept)] if kept else []), [Piece(text=pieces[-1].text[len(kept):])]
+
+
+def _prompt_and_reply(user: list[Piece], assistant: list[Piece]) -> tuple[list[Piece], list[Piece], list[Piece]]:
+    """``user``, the assistant framing before its content (prompt) and the reply.
+
+    Spaces that end the prompt framing (the head, or the user part when there is no head) start the
+    reply instead: tokenizers attach a space to the word after it.
+    """
+    at = next(i for i, p in enumerate(assistant) if p.slot is not None)
+    head, reply = assistant[:at], assistant[at:]
+    if head:
+        head, spaces = _without_trailing_spaces(head)
+    else:
+        user, spaces = _without_trailing_spaces(user)
+    return user, head, spaces + reply
 
 
 def compile_template(template: TemplateSpec, tokenizer: Any) -> ChatTemplate:
@@ -345,10 +358,11 @@ def compile_template(template: TemplateSpec, tokenizer: Any) -> ChatTemplate:
     cached = _compiled.get(key)
     if cached is not None and cached[0] is template and cached[1] is tokenizer:
         return cached[2]
-    head, reply = _split_head(_compile_part(template.assistant, tokenizer, CONTENT))
+    user, head, reply = _prompt_and_reply(_compile_part(template.user, tokenizer, CONTENT),
+                                          _compile_part(template.assistant, tokenizer, CONTENT))
     compiled = ChatTemplate(
         tokenizer, name=template.name, prefix=_compile_part(template.prefix, tokenizer, None),
-        system=_compile_part(template.system, tokenizer, SYSTEM), user=_compile_part(template.user, tokenizer, CONTENT),
+        system=_compile_part(template.system, tokenizer, SYSTEM), user=user,
         head=head, reply=reply, end=_compile_part(template.assistant_end, tokenizer, None),
         turn_sep=_compile_part(template.turn_sep, tokenizer, None), default_system=template.default_system,
         stop_words=template.stop_words)

@@ -195,3 +195,30 @@ def test_space_before_the_reply_starts_the_reply():
     assert tokenizer.convert_ids_to_tokens(prompt[-1]) == ":"
     assert tokenizer.convert_ids_to_tokens(sample["input_ids"][len(prompt)]) == "▁Paris"
     assert sample["labels"][len(prompt)] == sample["input_ids"][len(prompt)]
+
+
+def test_result_without_renderable_template_is_saved_with_a_warning(tmp_path, capsys):
+    from xt.model.saving import TEMPLATE_FILE, write_tokenizer_files
+
+    tokenizer = gpt2_tokenizer()
+    write_tokenizer_files(tmp_path, tokenizer, get_registry().get("templates", "baichuan2-chat"))
+    assert "no chat_template saved: Template 'baichuan2-chat' uses token id 195" in capsys.readouterr().err
+    assert (tmp_path / TEMPLATE_FILE).is_file() and (tmp_path / "generation_config.json").is_file()
+
+
+@pytest.mark.parametrize("tok_name", TOKENIZERS)
+def test_prompt_framing_ending_in_a_space(tmp_path, tok_name):
+    """The README's ``user="Q: {content}\\nA: "``: the space starts the reply, so the saved template is exact."""
+    from xt.specs import EOS, TemplateSpec
+
+    tokenizer = TOKENIZERS[tok_name]()
+    template = TemplateSpec(name="qa", user="Q: {content}\nA: ", assistant="{content}", assistant_end=(EOS,))
+    saved = _saved_tokenizer(tmp_path, tokenizer, template)
+    for conv in conversations():
+        sample = template.encode(conv, tokenizer)
+        out = saved.apply_chat_template(conv["messages"], tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+        assert out["input_ids"] == sample["input_ids"]
+        assert out["assistant_masks"] == [int(label != IGNORE_INDEX) for label in sample["labels"]]
+    prompt = template.encode_prompt(MULTI_TURN[0]["messages"][:1], tokenizer)
+    assert tokenizer.decode(prompt, skip_special_tokens=True).endswith("A:")

@@ -12,10 +12,12 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from xt.errors import XtError
 from xt.specs import SpecialToken, TemplateSpec
 
 TEMPLATE_FILE = "xt_template.json"
@@ -55,7 +57,10 @@ def write_tokenizer_files(out: Path, tokenizer: Any, template: TemplateSpec, bas
     """Tokenizer (with chat template), generation_config.json and xt_template.json."""
     from transformers import GenerationConfig
 
-    tokenizer.chat_template = template.compile(tokenizer).jinja()
+    try:
+        tokenizer.chat_template = template.compile(tokenizer).jinja()
+    except XtError as exc:  # e.g. literal ids that are not special tokens here: the result stays usable
+        print(f"warning: no chat_template saved: {exc}", file=sys.stderr)
     tokenizer.save_pretrained(str(out))
     stop_ids = template.stop_token_ids(tokenizer)
     gen = GenerationConfig.from_dict(base_generation_config.to_dict()) if base_generation_config is not None \
