@@ -240,6 +240,16 @@ class ChatTemplate:
             "{%- if add_generation_prompt %}", self._jinja_expr(self.head, ""), "{%- endif %}",
         ])
 
+    def text_of(self, pieces: Sequence[Piece], value: str = "") -> str:
+        """Pieces as plain text with the slot filled by ``value`` and ids as their token strings."""
+        return "".join(value if p.slot is not None else
+                       "".join(self._token_string(i) for i in p.ids) if p.is_ids else p.text for p in pieces)
+
+    def text_around(self, pieces: Sequence[Piece]) -> tuple[str, str]:
+        """The text of ``pieces`` before and after their slot (all of it before when there is none)."""
+        at = next((i for i, p in enumerate(pieces) if p.slot is not None), len(pieces))
+        return self.text_of(pieces[:at]), self.text_of(pieces[at + 1:])
+
     def _jinja_expr(self, pieces: Sequence[Piece], value: str) -> str:
         """Pieces as one Jinja ``{{ a ~ b }}`` expression ('' when they render nothing)."""
         terms: list[str] = []
