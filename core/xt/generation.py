@@ -1,7 +1,8 @@
 """Generate replies through a chat template: the one function chat and eval both use.
 
-The prompt is built by ``template.encode_prompt`` (the same framing as training), generation stops
-at the template's stop token ids and at its stop words, and the stop word is cut from the text.
+The prompt is built by the template engine (``template.compile(tokenizer)``, the same object that
+encodes training samples), generation stops at the template's stop token ids and at its stop words,
+and the stop word is cut from the text.
 Generation leaves a model that is being trained exactly as it found it: train/eval mode, the
 ``use_cache`` setting, gradient checkpointing and every RNG state are restored afterwards.
 """

@@ -123,9 +123,13 @@ class TemplateSpec(Spec):
 
     A conversation renders as ``prefix``, then ``system`` (when there is a system message or a
     ``default_system``), then for each turn ``user`` (the prompt, no loss), ``assistant`` followed
-    by ``assistant_end`` (both carry loss) and ``turn_sep`` (no loss). ``{content}`` in ``user`` /
+    by ``assistant_end`` (both carry loss) and ``turn_sep`` (no loss). Fixed framing before
+    ``{content}`` in ``assistant`` is prompt (no loss), except spaces that end the prompt framing (that
+    framing, or ``user`` when there is none), which start the reply because tokenizers attach a
+    space to the following word. ``{content}`` in ``user`` /
     ``assistant`` and ``{system}`` in ``system`` are replaced by the message text. Generation stops
-    at the token ids in ``assistant_end`` and at ``stop_words``.
+    at the token ids in ``assistant_end`` and at ``stop_words``. :mod:`xt.template` compiles it per
+    tokenizer (:meth:`compile`).
     """
 
     user: Part = "{content}"
@@ -147,24 +151,24 @@ class TemplateSpec(Spec):
             out.append("system part must contain '{system}'")
         return out
 
-    # Rendering lives in xt.template; these delegate so callers hold one object.
+    # The engine lives in xt.template (compiled once per tokenizer); these delegate so callers hold one object.
+    def compile(self, tokenizer: Any) -> Any:
+        """This template compiled for ``tokenizer``: an :class:`xt.template.ChatTemplate`."""
+        from xt.template import compile_template
+
+        return compile_template(self, tokenizer)
+
     def encode(self, conversation: dict[str, Any], tokenizer: Any) -> dict[str, list[int]]:
         """Conversation -> ``{"input_ids", "labels"}`` (labels -100 outside assistant replies)."""
-        from xt.template import encode_conversation
-
-        return encode_conversation(self, conversation, tokenizer)
+        return self.compile(tokenizer).encode(conversation)
 
     def encode_prompt(self, messages: Sequence[dict[str, Any]], tokenizer: Any) -> list[int]:
         """Messages ending with a user turn -> prompt ids ending where the assistant reply starts."""
-        from xt.template import encode_prompt
-
-        return encode_prompt(self, messages, tokenizer)
+        return self.compile(tokenizer).encode_prompt(messages)
 
     def stop_token_ids(self, tokenizer: Any) -> list[int]:
         """Token ids that end an assistant reply (generation stops on them)."""
-        from xt.template import stop_token_ids
-
-        return stop_token_ids(self, tokenizer)
+        return self.compile(tokenizer).stop_token_ids()
 
 
 def _text_of(part: Part) -> str:

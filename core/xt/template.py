@@ -1,13 +1,30 @@
-"""Render conversations through a :class:`~xt.specs.TemplateSpec` into token ids and labels.
+"""The template engine: a chat template compiled for one tokenizer.
 
-Each part is tokenized on its own (``add_special_tokens=False``), so the boundary between prompt
-and reply is exact and labels can be assigned per part. The same functions build training samples,
-chat prompts and eval prompts, so training and inference frame text identically.
+A :class:`ChatTemplate` holds the template's sections as pieces (constant token ids, constant text,
+or a slot filled with a message's text), each with a loss flag. The one object encodes a
+conversation, a batch of conversations (the fast path the data pipeline uses), a chat prompt, gives
+the stop ids and renders the Jinja chat template saved with results, so training, preview, eval,
+chat, export and the conformance kit frame text identically.
+
+Tokenization rule: in a rendered conversation, adjacent text with the same loss flag (framing and
+message text alike) forms one run, and each run is tokenized as the tokenizer tokenizes it inside
+the rendered string, i.e. after a split point (no SentencePiece dummy prefix except at the very
+start). Token ids (BOS, EOS, literal ids) are split points themselves. The prompt/reply boundary is
+therefore always a token boundary, the chat prompt is exactly the prefix of the training sample,
+and ``tokenizer.apply_chat_template`` on a saved result gives the training ids whenever the
+tokenizer does not merge characters across a run boundary (the start and end of each reply).
+
+Fixed framing before ``{content}`` in the assistant part is prompt (no loss), except spaces at the
+very end of the prompt framing (that part, or the user part when it has none): tokenizers attach a
+space to the word after it (``"ASSISTANT: Paris"`` -> ``":"``, ``"▁Paris"``), so those spaces start
+the reply and carry loss.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from xt.errors import XtError
@@ -15,120 +32,370 @@ from xt.specs import SpecialToken, TemplateSpec, conversation_problems
 
 IGNORE_INDEX = -100
 
+CONTENT = "content"
+SYSTEM = "system"
 
-def encode_part(part: Any, tokenizer: Any, **fields: str) -> list[int]:
-    """Token ids of one template part with ``{content}`` / ``{system}`` filled in."""
-    pieces = [part] if isinstance(part, str) and not isinstance(part, SpecialToken) else list(part)
-    ids: list[int] = []
-    for piece in pieces:
+
+@dataclass(frozen=True)
+class Piece:
+    """Constant token ids, constant text, or a ``slot`` (``"content"`` / ``"system"``) filled per message."""
+
+    ids: tuple[int, ...] = ()
+    text: str = ""
+    slot: str | None = None
+
+    @property
+    def is_ids(self) -> bool:
+        return bool(self.ids)
+
+
+class ChatTemplate:
+    """A template compiled for one tokenizer; build it with :func:`compile_template` or from pieces.
+
+    Layout: ``prefix``, ``system`` (when there is a system text), then per turn ``user`` (prompt),
+    and for a reply ``head`` (prompt), ``reply`` and ``end`` (both carry loss), ``turn_sep`` between
+    replies (prompt). A chat prompt ends after ``head``.
+    """
+
+    def __init__(self, tokenizer: Any, *, prefix: Sequence[Piece] = (), system: Sequence[Piece] = (),
+                 user: Sequence[Piece] = (), head: Sequence[Piece] = (), reply: Sequence[Piece] = (),
+                 end: Sequence[Piece] = (), turn_sep: Sequence[Piece] = (), default_system: str | None = None,
+                 stop_words: Sequence[str] = (), name: str = "") -> None:
+        self.tokenizer = tokenizer
+        self.name = name
+        self.prefix, self.system, self.user = tuple(prefix), tuple(system), tuple(user)
+        self.head, self.reply, self.end, self.turn_sep = tuple(head), tuple(reply), tuple(end), tuple(turn_sep)
+        self.default_system = default_system
+        self.stop_words = tuple(stop_words)
+        self._anchor = _continuation_anchor(tokenizer)
+        self._entries = {name: _entries(getattr(self, name))
+                         for name in ("prefix", "system", "user", "head", "reply", "end", "turn_sep")}
+
+    # -- layout -------------------------------------------------------------------------------
+
+    def _items(self, messages: Sequence[dict[str, Any]], generation_prompt: bool) -> list[tuple[Any, bool]]:
+        """The rendered conversation as ``(ids tuple or text run, carries loss)`` items, in order."""
+        system, turns = self.default_system, messages
+        if turns and turns[0].get("role") == SYSTEM:
+            system, turns = turns[0]["content"], turns[1:]
+        last = len(turns)
+        if not generation_prompt:
+            while turns[last - 1]["role"] != "assistant":
+                last -= 1
+        items: list[tuple[Any, bool]] = []
+        _emit(items, self._entries["prefix"], False, "")
+        if system:
+            _emit(items, self._entries["system"], False, system)
+        user, head, reply = self._entries["user"], self._entries["head"], self._entries["reply"]
+        end, sep = self._entries["end"], self._entries["turn_sep"]
+        for i in range(last):
+            message = turns[i]
+            if message["role"] == "user":
+                _emit(items, user, False, message["content"])
+                continue
+            _emit(items, head, False, "")
+            _emit(items, reply, True, message["content"])
+            _emit(items, end, True, "")
+            if i != last - 1:
+                _emit(items, sep, False, "")
+        if generation_prompt:
+            _emit(items, head, False, "")
+        return items
+
+    def _encode_items(self, layouts: list[list[tuple[Any, bool]]]) -> tuple[list[list[tuple[Any, bool]]], list[list[int]]]:
+        """Layouts with each text run replaced by the index of its ids in the returned list."""
+        keys: dict[tuple[str, bool], int] = {}  # repeated runs (system prompts, duplicate rows) tokenized once
+        texts: list[tuple[str, bool]] = []
+        plans = []
+        for items in layouts:
+            plan = []
+            for k, (item, loss) in enumerate(items):
+                if isinstance(item, str):
+                    key = (item, k == 0)  # a run at offset 0 is tokenized as the start of a string
+                    index = keys.get(key)
+                    if index is None:
+                        index = keys[key] = len(texts)
+                        texts.append(key)
+                    item = index
+                plan.append((item, loss))
+            plans.append(plan)
+        return plans, self._tokenize(texts)
+
+    def _tokenize(self, texts: list[tuple[str, bool]]) -> list[list[int]]:
+        """Ids of each run: at the start of a string, or as it continues after a split point."""
+        anchor = self._anchor
+        if anchor is None:
+            return batch_tokenize(self.tokenizer, [text for text, _ in texts])
+        marker, n = anchor
+        encoded = batch_tokenize(self.tokenizer, [text if first else marker + text for text, first in texts])
+        return [ids if first else ids[n:] for ids, (_, first) in zip(encoded, texts)]
+
+    # -- encoding -----------------------------------------------------------------------------
+
+    def encode(self, conversation: dict[str, Any]) -> dict[str, list[int]]:
+        """A conversation -> ``{"input_ids", "labels"}`` (labels -100 outside replies and their end)."""
+        problems = conversation_problems(conversation)
+        if problems:
+            raise XtError("Invalid conversation: " + "; ".join(problems) + ".")
+        return self.encode_batch([conversation])[0]
+
+    def encode_batch(self, conversations: Sequence[dict[str, Any]]) -> list[dict[str, list[int]]]:
+        """Validated conversations -> ``[{"input_ids", "labels"}]``, tokenizing distinct runs in one call."""
+        plans, encoded = self._encode_items([self._items(c["messages"], False) for c in conversations])
+        out = []
+        for plan in plans:
+            input_ids: list[int] = []
+            labels: list[int] = []
+            for item, loss in plan:
+                ids = encoded[item] if isinstance(item, int) else item
+                input_ids.extend(ids)
+                labels.extend(ids if loss else [IGNORE_INDEX] * len(ids))
+            out.append({"input_ids": input_ids, "labels": labels})
+        return out
+
+    def encode_arrays(self, conversations: Sequence[dict[str, Any]]) -> tuple[Any, Any, Any]:
+        """Like :meth:`encode_batch`, as flat int32 ``input_ids`` and ``labels`` plus int64 sample lengths.
+
+        Each distinct run becomes one numpy array; samples are concatenations of those arrays.
+        """
+        import numpy as np
+
+        plans, encoded = self._encode_items([self._items(c["messages"], False) for c in conversations])
+        arrays = [np.asarray(ids, dtype=np.int32) for ids in encoded]
+        constants: dict[tuple[int, ...], Any] = {}
+        ignore = np.full(1024, IGNORE_INDEX, dtype=np.int32)
+        id_parts: list[Any] = []
+        label_parts: list[Any] = []
+        lengths = np.zeros(len(plans), dtype=np.int64)
+        for k, plan in enumerate(plans):
+            total = 0
+            for item, loss in plan:
+                if isinstance(item, int):
+                    array = arrays[item]
+                else:
+                    array = constants.get(item)
+                    if array is None:
+                        array = constants[item] = np.asarray(item, dtype=np.int32)
+                n = len(array)
+                if n > len(ignore):
+                    ignore = np.full(2 * n, IGNORE_INDEX, dtype=np.int32)
+                id_parts.append(array)
+                label_parts.append(array if loss else ignore[:n])
+                total += n
+            lengths[k] = total
+        if not id_parts:
+            return np.zeros(0, np.int32), np.zeros(0, np.int32), lengths
+        return np.concatenate(id_parts), np.concatenate(label_parts), lengths
+
+    def encode_prompt(self, messages: Sequence[dict[str, Any]]) -> list[int]:
+        """Messages whose last one is from the user -> ids of the prompt the reply continues.
+
+        Exactly the training sample's ids up to where the last reply starts.
+        """
+        turns = [m for m in messages if m.get("role") != SYSTEM]
+        if not turns or turns[-1].get("role") != "user":
+            raise XtError("A prompt must end with a user message.")
+        plans, encoded = self._encode_items([self._items(list(messages), True)])
+        return [i for item, _ in plans[0] for i in (encoded[item] if isinstance(item, int) else item)]
+
+    def stop_token_ids(self) -> list[int]:
+        """Token ids that end a reply: ``end`` when it is one token, plus EOS.
+
+        A multi-token end (text the tokenizer splits) is caught by ``stop_words`` instead.
+        """
+        ids: list[int] = []
+        if len(self.end) == 1 and self.end[0].slot is None:
+            piece = self.end[0]
+            end_ids = list(piece.ids) if piece.is_ids else self._tokenize([(piece.text, False)])[0]
+            if len(end_ids) == 1:
+                ids.append(int(end_ids[0]))
+        eos = self.tokenizer.eos_token_id
+        if eos is not None and eos not in ids:
+            ids.append(int(eos))
+        return ids
+
+    # -- Jinja --------------------------------------------------------------------------------
+
+    def jinja(self) -> str:
+        """A Hugging Face chat template rendering conversations exactly as this template frames them.
+
+        Replies and their end are wrapped in ``{% generation %}`` so ``return_assistant_tokens_mask``
+        marks the loss-bearing tokens. Token ids are written as their token strings, which must be
+        tokens the tokenizer splits text on (special or added tokens).
+        """
+        default_system = json.dumps(self.default_system) if self.default_system else "none"
+        content = "message['content']"
+        return "".join([
+            "{%- if messages and messages[0]['role'] == 'system' %}{%- set system = messages[0]['content'] %}"
+            f"{{%- set turns = messages[1:] %}}{{%- else %}}{{%- set system = {default_system} %}}"
+            "{%- set turns = messages %}{%- endif %}",
+            self._jinja_expr(self.prefix, ""),
+            "{%- if system %}", self._jinja_expr(self.system, "system"), "{%- endif %}",
+            "{%- for message in turns %}",
+            "{%- if message['role'] == 'user' %}", self._jinja_expr(self.user, content),
+            "{%- else %}", self._jinja_expr(self.head, ""),
+            "{%- generation %}", self._jinja_expr(self.reply + self.end, content), "{%- endgeneration %}",
+            "{%- if not loop.last %}", self._jinja_expr(self.turn_sep, ""), "{%- endif %}",
+            "{%- endif %}{%- endfor %}",
+            "{%- if add_generation_prompt %}", self._jinja_expr(self.head, ""), "{%- endif %}",
+        ])
+
+    def text_of(self, pieces: Sequence[Piece], value: str = "") -> str:
+        """Pieces as plain text with the slot filled by ``value`` and ids as their token strings."""
+        return "".join(value if p.slot is not None else
+                       "".join(self._token_string(i) for i in p.ids) if p.is_ids else p.text for p in pieces)
+
+    def text_around(self, pieces: Sequence[Piece]) -> tuple[str, str]:
+        """The text of ``pieces`` before and after their slot (all of it before when there is none)."""
+        at = next((i for i, p in enumerate(pieces) if p.slot is not None), len(pieces))
+        return self.text_of(pieces[:at]), self.text_of(pieces[at + 1:])
+
+    def _jinja_expr(self, pieces: Sequence[Piece], value: str) -> str:
+        """Pieces as one Jinja ``{{ a ~ b }}`` expression ('' when they render nothing)."""
+        terms: list[str] = []
+        for piece in pieces:
+            if piece.is_ids:
+                terms.extend(json.dumps(self._token_string(i)) for i in piece.ids)
+            elif piece.slot is not None:
+                terms.append(value)
+            elif piece.text:
+                terms.append(json.dumps(piece.text))
+        return "{{ " + " ~ ".join(terms) + " }}" if terms else ""
+
+    def _token_string(self, token_id: int) -> str:
+        token = self.tokenizer.convert_ids_to_tokens(int(token_id))
+        if token is None or self.tokenizer.encode(token, add_special_tokens=False) != [int(token_id)]:
+            raise XtError(
+                f"Template '{self.name}' uses token id {token_id}, which this tokenizer does not produce from "
+                f"its text {token!r}, so no Jinja chat template can reproduce it; use a tokenizer where that id "
+                f"is a special token (for example the model family's own tokenizer).")
+        return token
+
+
+def _entries(pieces: Sequence[Piece]) -> tuple[Any, ...]:
+    """Pieces as what :func:`_emit` reads: an ids tuple, a constant text, or None for the slot."""
+    return tuple(p.ids if p.is_ids else (None if p.slot is not None else p.text) for p in pieces
+                 if p.is_ids or p.slot is not None or p.text)
+
+
+def _emit(items: list[tuple[Any, bool]], entries: tuple[Any, ...], loss: bool, value: str) -> None:
+    """Append a section; text joins the previous item when that is text with the same loss flag."""
+    for entry in entries:
+        if entry is None:
+            entry = value
+            if not entry:
+                continue
+        if isinstance(entry, str) and items:
+            previous, previous_loss = items[-1]
+            if previous_loss == loss and isinstance(previous, str):
+                items[-1] = (previous + entry, loss)
+                continue
+        items.append((entry, loss))
+
+
+def _continuation_anchor(tokenizer: Any) -> tuple[str, int] | None:
+    """A special token to put before a run so it tokenizes as it does after a split point.
+
+    SentencePiece tokenizers add a dummy-prefix space only at the very start of a string; a run in
+    the middle of a rendered conversation gets none. None when the tokenizer has no usable special
+    token (then every text tokenizes on its own).
+    """
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    for token_id in (tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.unk_token_id, tokenizer.pad_token_id):
+        token = added.get(token_id) if token_id is not None else None
+        if token is None or getattr(token, "rstrip", False) or getattr(token, "lstrip", False):
+            continue
+        marker = str(token)
+        marker_ids = tokenizer.encode(marker, add_special_tokens=False)
+        if marker_ids == [token_id] and tokenizer.encode(marker + "a", add_special_tokens=False)[:1] == marker_ids:
+            return marker, 1
+    return None
+
+
+def _pieces(part: Any) -> list[Any]:
+    return [part] if isinstance(part, str) and not isinstance(part, SpecialToken) else list(part)
+
+
+def _compile_part(part: Any, tokenizer: Any, slot: str | None) -> list[Piece]:
+    """A :class:`TemplateSpec` part -> pieces (``{slot}`` in text becomes a slot piece)."""
+    out: list[Piece] = []
+    for piece in _pieces(part):
         if isinstance(piece, SpecialToken):
-            tid = tokenizer.bos_token_id if piece == "bos" else tokenizer.eos_token_id
-            if tid is None:
+            token_id = tokenizer.bos_token_id if piece == "bos" else tokenizer.eos_token_id
+            if token_id is None:
                 if piece == "eos":
                     raise XtError(
                         "The tokenizer has no EOS token but the template ends replies with EOS; "
-                        "set tokenizer.eos_token or choose a template with an explicit end token."
-                    )
+                        "set tokenizer.eos_token or choose a template with an explicit end token.")
                 continue  # no BOS in this tokenizer: nothing to add
-            ids.append(int(tid))
+            out.append(Piece(ids=(int(token_id),)))
         elif isinstance(piece, int):
-            ids.append(piece)
+            out.append(Piece(ids=(piece,)))
+        elif slot is not None and "{" + slot + "}" in piece:
+            before, after = piece.split("{" + slot + "}", 1)
+            out += [Piece(text=before), Piece(slot=slot), Piece(text=after)]
         else:
-            text = piece
-            for key, value in fields.items():
-                text = text.replace("{" + key + "}", value)
-            if text:
-                ids.extend(tokenizer.encode(text, add_special_tokens=False))
-    return ids
+            out.append(Piece(text=piece))
+    return [p for p in out if p.is_ids or p.slot is not None or p.text]
 
 
-def _system_and_turns(messages: Sequence[dict[str, Any]], template: TemplateSpec) -> tuple[str | None, list]:
-    system = template.default_system
-    rest = list(messages)
-    if rest and rest[0].get("role") == "system":
-        system = rest[0]["content"]
-        rest = rest[1:]
-    return system, rest
+def _without_trailing_spaces(pieces: list[Piece]) -> tuple[list[Piece], list[Piece]]:
+    """``pieces`` minus the spaces ending their last constant text, and those spaces as a piece."""
+    if not pieces or pieces[-1].is_ids or pieces[-1].slot is not None or not pieces[-1].text.endswith(" "):
+        return pieces, []
+    kept = pieces[-1].text.rstrip(" ")
+    return pieces[:-1] + ([Piece(text=kept)] if kept else []), [Piece(text=pieces[-1].text[len(kept):])]
 
 
-def encode_conversation(template: TemplateSpec, conversation: dict[str, Any], tokenizer: Any) -> dict[str, list[int]]:
-    """A conversation -> ``{"input_ids", "labels"}``.
+def _prompt_and_reply(user: list[Piece], assistant: list[Piece]) -> tuple[list[Piece], list[Piece], list[Piece]]:
+    """``user``, the assistant framing before its content (prompt) and the reply.
 
-    Labels equal the input ids on every assistant reply and its end token(s), in every turn, and
-    are ``-100`` everywhere else (prefix, system prompt, user turns, separators).
+    Spaces that end the prompt framing (the head, or the user part when there is no head) start the
+    reply instead: tokenizers attach a space to the word after it.
     """
-    problems = conversation_problems(conversation)
-    if problems:
-        raise XtError("Invalid conversation: " + "; ".join(problems) + ".")
-    system, messages = _system_and_turns(conversation["messages"], template)
-    input_ids: list[int] = []
-    labels: list[int] = []
-
-    def add(ids: list[int], train: bool) -> None:
-        input_ids.extend(ids)
-        labels.extend(ids if train else [IGNORE_INDEX] * len(ids))
-
-    add(encode_part(template.prefix, tokenizer), False)
-    if system:
-        add(encode_part(template.system, tokenizer, system=system), False)
-    last_assistant = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    for i, message in enumerate(messages[: last_assistant + 1]):
-        if message["role"] == "user":
-            add(encode_part(template.user, tokenizer, content=message["content"]), False)
-        else:
-            head, reply = split_assistant(template)
-            add(encode_part(head, tokenizer), False)  # fixed framing before the reply: prompt side
-            add(encode_part(reply, tokenizer, content=message["content"]), True)
-            add(encode_part(template.assistant_end, tokenizer), True)
-            if i != last_assistant:
-                add(encode_part(template.turn_sep, tokenizer), False)
-    return {"input_ids": input_ids, "labels": labels}
+    at = next(i for i, p in enumerate(assistant) if p.slot is not None)
+    head, reply = assistant[:at], assistant[at:]
+    if head:
+        head, spaces = _without_trailing_spaces(head)
+    else:
+        user, spaces = _without_trailing_spaces(user)
+    return user, head, spaces + reply
 
 
-def encode_prompt(template: TemplateSpec, messages: Sequence[dict[str, Any]], tokenizer: Any) -> list[int]:
-    """Messages whose last one is from the user -> ids of the prompt the reply continues.
-
-    Earlier assistant turns are rendered exactly as in training (reply, end token, separator).
-    """
-    system, turns = _system_and_turns(messages, template)
-    if not turns or turns[-1].get("role") != "user":
-        raise XtError("A prompt must end with a user message.")
-    ids = encode_part(template.prefix, tokenizer)
-    if system:
-        ids += encode_part(template.system, tokenizer, system=system)
-    for message in turns:
-        if message["role"] == "user":
-            ids += encode_part(template.user, tokenizer, content=message["content"])
-        else:
-            ids += encode_part(template.assistant, tokenizer, content=message["content"])
-            ids += encode_part(template.assistant_end, tokenizer)
-            ids += encode_part(template.turn_sep, tokenizer)
-    # The assistant part may open with fixed framing before {content} (e.g. token 196 or "Assistant: ").
-    ids += encode_part(split_assistant(template)[0], tokenizer)
-    return ids
+def compile_template(template: TemplateSpec, tokenizer: Any) -> ChatTemplate:
+    """``template`` compiled for ``tokenizer`` (cached: the same pair returns the same object)."""
+    key = (id(template), id(tokenizer))
+    cached = _compiled.get(key)
+    if cached is not None and cached[0] is template and cached[1] is tokenizer:
+        return cached[2]
+    user, head, reply = _prompt_and_reply(_compile_part(template.user, tokenizer, CONTENT),
+                                          _compile_part(template.assistant, tokenizer, CONTENT))
+    compiled = ChatTemplate(
+        tokenizer, name=template.name, prefix=_compile_part(template.prefix, tokenizer, None),
+        system=_compile_part(template.system, tokenizer, SYSTEM), user=user,
+        head=head, reply=reply, end=_compile_part(template.assistant_end, tokenizer, None),
+        turn_sep=_compile_part(template.turn_sep, tokenizer, None), default_system=template.default_system,
+        stop_words=template.stop_words)
+    if len(_compiled) >= 16:
+        _compiled.pop(next(iter(_compiled)))
+    _compiled[key] = (template, tokenizer, compiled)
+    return compiled
 
 
-def split_assistant(template: TemplateSpec) -> tuple[list[Any], list[Any]]:
-    """The assistant part split at ``{content}``: fixed framing before it (no loss) and the rest."""
-    part = template.assistant
-    pieces = [part] if isinstance(part, str) and not isinstance(part, SpecialToken) else list(part)
-    for i, piece in enumerate(pieces):
-        if isinstance(piece, str) and not isinstance(piece, SpecialToken) and "{content}" in piece:
-            before, after = piece.split("{content}", 1)
-            head = pieces[:i] + ([before] if before else [])
-            return head, ["{content}" + after] + pieces[i + 1:]
-    return [], pieces
+_compiled: dict[tuple[int, int], tuple[TemplateSpec, Any, ChatTemplate]] = {}
 
 
-def stop_token_ids(template: TemplateSpec, tokenizer: Any) -> list[int]:
-    """Token ids that end a reply: ``assistant_end`` when it is one token, plus EOS.
-
-    A multi-token end (text the tokenizer splits) is caught by ``stop_words`` instead.
-    """
-    ids: list[int] = []
-    end = encode_part(template.assistant_end, tokenizer)
-    if len(end) == 1:
-        ids.append(end[0])
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(int(tokenizer.eos_token_id))
-    return ids
+def batch_tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text without special tokens, as ``tokenizer.encode(t, add_special_tokens=False)``."""
+    if not texts:
+        return []
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if (backend is not None and hasattr(backend, "encode_batch") and backend.truncation is None
+            and backend.padding is None
+            and bool(getattr(backend, "encode_special_tokens", False)) == bool(getattr(tokenizer, "split_special_tokens", False))):
+        fast = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
+        return [enc.ids for enc in fast(texts, add_special_tokens=False)]
+    try:
+        return list(tokenizer(texts, add_special_tokens=False, truncation=False, padding=False)["input_ids"])
+    except Exception:
+        return [list(tokenizer.encode(t, add_special_tokens=False)) for t in texts]

@@ -8,7 +8,8 @@
 It loads the plugin through its entry point (group ``xt``), checks that every hook it implements is
 a real xt hook and every registration is well-formed, runs each dataset map on the plugin's own
 sample rows and validates the conversations, renders each template with a small offline tokenizer
-(and checks that the prompt used at inference is exactly the prefix used in training), checks that
+(and checks that the prompt used at inference is exactly the prefix used in training and that the
+Jinja chat template saved with results tokenizes to exactly the training ids), checks that
 model specs name known templates, that ``register_commands`` adds working click commands and that
 importing the plugin does not import torch. Every problem is reported in one failure message.
 """
@@ -93,11 +94,27 @@ def _check_templates(report: PluginReport, templates: list[TemplateSpec]) -> Non
                     f"{where}: the inference prompt for turn {turn // 2 + 1} is not a prefix of the training "
                     f"sample, so chat would frame text differently from training")
                 break
+        _check_saved_chat_template(report, where, t, tokenizer, ids)
         try:
             if not t.stop_token_ids(tokenizer):
                 report.problems.append(f"{where}: no stop token ids")
         except Exception as exc:
             report.problems.append(f"{where}: stop_token_ids raised {type(exc).__name__}: {exc}")
+
+
+def _check_saved_chat_template(report: PluginReport, where: str, template: TemplateSpec, tokenizer: Any,
+                               ids: list[int]) -> None:
+    """The Jinja chat template saved with results must give exactly the training ids."""
+    try:
+        jinja = template.compile(tokenizer).jinja()
+        rendered = tokenizer.apply_chat_template(_PROBE_CONVERSATION["messages"], chat_template=jinja, tokenize=True,
+                                                 return_dict=False)
+    except Exception as exc:
+        report.problems.append(f"{where}: rendering its Jinja chat template raised {type(exc).__name__}: {exc}")
+        return
+    if list(rendered) != ids:
+        report.problems.append(f"{where}: the saved chat template tokenizes to other ids than training, so plain "
+                               f"transformers would frame text differently from xt")
 
 
 def _check_datasets(report: PluginReport, datasets: list[Any], max_rows: int) -> None:

@@ -105,7 +105,6 @@ def preview_command(dataset_name: str, model_name: str, template_name: str | Non
     """Print the templated text of a few samples; loss-bearing tokens are marked [[like this]] (green on a tty)."""
     from xt.data.pipeline import load_conversations
     from xt.data.process import apply_length_policy
-    from xt.data.tokenize import BatchEncoder
 
     dataset, template, tokenizer = _resolve(dataset_name, model_name, template_name, model_path, image_folder)
     options = _options(data_files, split, max_length, length_policy, skip_bad_rows)
@@ -113,7 +112,7 @@ def preview_command(dataset_name: str, model_name: str, template_name: str | Non
     color = sys.stdout.isatty()
     click.echo(f"dataset {dataset.name}, template {template.name}, {len(conversations)} sample(s); "
                f"loss-bearing tokens {'in green' if color else 'inside [[ ]]'}")
-    for i, sample in enumerate(BatchEncoder(template, tokenizer).encode(conversations)):
+    for i, sample in enumerate(template.compile(tokenizer).encode_batch(conversations)):
         kept, status = apply_length_policy(sample, max_length, length_policy)
         click.echo(f"--- sample {i}: {len(sample['input_ids'])} tokens" + (f" ({status})" if status != "kept" else ""))
         if kept is not None:

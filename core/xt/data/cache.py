@@ -23,7 +23,7 @@ from xt.errors import XtError
 FORMAT_VERSION = 1
 POLL_SECONDS = 0.5
 _STARTED_AT = time.time()
-_CODE_FILES = ("tokenize.py", "process.py", "pack.py", "dataset.py", "layout.py")
+_CODE_FILES = ("process.py", "pack.py", "dataset.py", "layout.py")
 
 
 def default_cache_dir() -> str:

@@ -138,9 +138,7 @@ def encode_conversations(conversations: Sequence[dict[str, Any]], template: Temp
     """
     import numpy as np
 
-    from xt.data.tokenize import BatchEncoder
-
-    ids, labels, lengths = BatchEncoder(template, tokenizer).encode_arrays(conversations)
+    ids, labels, lengths = template.compile(tokenizer).encode_arrays(conversations)
     counters["encoded"] += len(conversations)
     starts = np.cumsum(lengths) - lengths
     too_long = lengths > max_length

@@ -1,7 +1,8 @@
 """Write the result of a run (``RUN/final``) so plain transformers / peft load it without xt.
 
 The folder holds the adapter (PEFT layout) or the full model, always as safetensors, plus the
-tokenizer with a Jinja ``chat_template`` rendering the run's template, ``generation_config.json``
+tokenizer with the Jinja ``chat_template`` the compiled template renders (``tokenizer.apply_chat_template``
+gives the training ids), ``generation_config.json``
 whose ``eos_token_id`` lists the template's stop ids, and ``xt_template.json`` (the TemplateSpec).
 """
 
@@ -11,56 +12,15 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from xt.errors import XtError
 from xt.specs import SpecialToken, TemplateSpec
 
 TEMPLATE_FILE = "xt_template.json"
-
-
-def _pieces(part: Any) -> list[Any]:
-    return [part] if isinstance(part, str) and not isinstance(part, SpecialToken) else list(part)
-
-
-def _jinja_expr(part: Any, tokenizer: Any, var: str | None = None, key: str = "content") -> str:
-    """A template part as a Jinja expression (``~`` concatenation), or '' when the part is empty."""
-    terms: list[str] = []
-    for piece in _pieces(part):
-        if isinstance(piece, SpecialToken):
-            terms.append("bos_token" if piece == "bos" else "eos_token")
-        elif isinstance(piece, int):
-            terms.append(json.dumps(tokenizer.convert_ids_to_tokens(piece)))
-        else:
-            chunks = piece.split("{" + key + "}") if var else [piece]
-            for i, chunk in enumerate(chunks):
-                if i:
-                    terms.append(var)
-                if chunk:
-                    terms.append(json.dumps(chunk))
-    return "{{ " + " ~ ".join(terms) + " }}" if terms else ""
-
-
-def jinja_chat_template(template: TemplateSpec, tokenizer: Any) -> str:
-    """A Hugging Face chat template that frames messages as ``template`` does in xt."""
-    from xt.template import split_assistant
-
-    default_system = json.dumps(template.default_system) if template.default_system else "none"
-    return "".join([
-        "{%- if messages and messages[0]['role'] == 'system' %}{%- set system = messages[0]['content'] %}"
-        f"{{%- set turns = messages[1:] %}}{{%- else %}}{{%- set system = {default_system} %}}"
-        "{%- set turns = messages %}{%- endif %}",
-        _jinja_expr(template.prefix, tokenizer),
-        "{%- if system %}", _jinja_expr(template.system, tokenizer, "system", "system"), "{%- endif %}",
-        "{%- for message in turns %}",
-        "{%- if message['role'] == 'user' %}", _jinja_expr(template.user, tokenizer, "message['content']"),
-        "{%- else %}", _jinja_expr(template.assistant, tokenizer, "message['content']"),
-        _jinja_expr(template.assistant_end, tokenizer),
-        "{%- if not loop.last %}", _jinja_expr(template.turn_sep, tokenizer), "{%- endif %}",
-        "{%- endif %}{%- endfor %}",
-        "{%- if add_generation_prompt %}", _jinja_expr(split_assistant(template)[0], tokenizer), "{%- endif %}",
-    ])
 
 
 def template_to_json(template: TemplateSpec) -> dict[str, Any]:
@@ -97,7 +57,10 @@ def write_tokenizer_files(out: Path, tokenizer: Any, template: TemplateSpec, bas
     """Tokenizer (with chat template), generation_config.json and xt_template.json."""
     from transformers import GenerationConfig
 
-    tokenizer.chat_template = jinja_chat_template(template, tokenizer)
+    try:
+        tokenizer.chat_template = template.compile(tokenizer).jinja()
+    except XtError as exc:  # e.g. literal ids that are not special tokens here: the result stays usable
+        print(f"warning: no chat_template saved: {exc}", file=sys.stderr)
     tokenizer.save_pretrained(str(out))
     stop_ids = template.stop_token_ids(tokenizer)
     gen = GenerationConfig.from_dict(base_generation_config.to_dict()) if base_generation_config is not None \

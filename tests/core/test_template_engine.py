@@ -1,0 +1,224 @@
+"""The template engine on every registered template and three real tokenizers.
+
+For each template (core and the four plugins) and the Llama-2 (SentencePiece), GPT-2 (byte-level
+BPE) and tiny (2000-token BPE) tokenizers: batch and single encoding agree, the chat prompt is the
+prefix of the training sample, and plain ``apply_chat_template`` on a folder saved the way results
+are saved gives exactly the training ids, with transformers' own assistant mask (from the
+``{% generation %}`` block, computed from token offsets) equal to xt's loss mask.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+import pytest
+from xt.errors import XtError
+from xt.plugins import get_registry
+from xt.template import IGNORE_INDEX
+
+try:
+    from .test_data_support import gpt2_tokenizer, llama_tokenizer, shared_file
+except ImportError:
+    from test_data_support import gpt2_tokenizer, llama_tokenizer, shared_file
+
+MULTI_TURN = [
+    {"messages": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "It is 4."}]},
+    {"messages": [{"role": "system", "content": "You answer briefly."},
+                  {"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."}]},
+    {"messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue, like the sky."},
+                  {"role": "user", "content": "And another one?"}, {"role": "assistant", "content": "Green\nas grass."}]},
+    {"messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"},
+                  {"role": "assistant", "content": "Hello there!"}, {"role": "user", "content": "Bye"},
+                  {"role": "assistant", "content": "Goodbye, friend."}]},
+]
+#: Templates whose prompt runs straight into the reply with no framing between them: the tokenizer
+#: may merge the prompt's last characters with the reply's first (``words.`` + ``"Chilling`` ->
+#: ``."``), which no chat template can reproduce; their saved template is exact when the prompt
+#: ends at a token boundary (checked here with prompts ending in a newline).
+NO_BOUNDARY = {"plain"}
+
+
+@lru_cache(maxsize=1)
+def tiny_bpe_tokenizer() -> Any:
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(shared_file("tokenizers", "tiny-bpe", "tokenizer.json")))
+    tok.add_special_tokens({"bos_token": "<s>", "eos_token": "</s>"})  # the file has no special tokens
+    return tok
+
+
+TOKENIZERS = {"llama2": llama_tokenizer, "gpt2": gpt2_tokenizer, "tiny-bpe": tiny_bpe_tokenizer}
+TEMPLATES = get_registry().names("templates")
+
+
+@lru_cache(maxsize=1)
+def conversations() -> list[dict[str, Any]]:
+    rows = json.loads(shared_file("data", "alpaca", "alpaca_en_demo.json").read_text())[:120]
+    alpaca = [{"messages": [{"role": "user", "content": r["instruction"] + ("\n" + r["input"] if r["input"] else "")},
+                            {"role": "assistant", "content": r["output"]}]} for r in rows]
+    return MULTI_TURN + alpaca
+
+
+def test_every_plugin_template_is_covered():
+    assert {"default", "chatml", "plain", "alpaca", "alpaca-demo", "baichuan2-chat", "llava-vicuna"} <= set(TEMPLATES)
+
+
+@pytest.mark.parametrize("tok_name", TOKENIZERS)
+@pytest.mark.parametrize("template_name", TEMPLATES)
+def test_batch_single_and_prompt_prefix(template_name, tok_name):
+    tokenizer = TOKENIZERS[tok_name]()
+    template = get_registry().get("templates", template_name)
+    compiled = template.compile(tokenizer)
+    convs = conversations()
+    batch = compiled.encode_batch(convs)
+    ids, labels, lengths = compiled.encode_arrays(convs)
+    assert ids.tolist() == [i for s in batch for i in s["input_ids"]]
+    assert labels.tolist() == [i for s in batch for i in s["labels"]]
+    assert lengths.tolist() == [len(s["input_ids"]) for s in batch]
+    for conv, sample in zip(convs, batch):
+        assert compiled.encode(conv) == sample
+        messages = conv["messages"]
+        replies = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
+        for k in replies:
+            prompt = compiled.encode_prompt(messages[:k])
+            assert sample["input_ids"][:len(prompt)] == prompt
+            assert sample["labels"][len(prompt) - 1] == IGNORE_INDEX  # the prompt carries no loss
+            assert sample["labels"][len(prompt)] != IGNORE_INDEX  # the reply starts right after it
+
+
+def _saved_tokenizer(tmp_path, tokenizer, template) -> Any:
+    from transformers import AutoTokenizer
+    from xt.model.saving import write_tokenizer_files
+
+    write_tokenizer_files(tmp_path, tokenizer, template)
+    return AutoTokenizer.from_pretrained(str(tmp_path))
+
+
+def _exactly_renderable(template_name: str, conv: dict[str, Any]) -> bool:
+    if template_name not in NO_BOUNDARY:
+        return True
+    return all(m["content"].endswith("\n") for m in conv["messages"] if m["role"] == "user")
+
+
+@pytest.mark.parametrize("tok_name", TOKENIZERS)
+@pytest.mark.parametrize("template_name", sorted(set(TEMPLATES) - {"baichuan2-chat"}))
+def test_saved_chat_template_gives_training_ids_and_loss_mask(tmp_path, template_name, tok_name):
+    tokenizer = TOKENIZERS[tok_name]()
+    template = get_registry().get("templates", template_name)
+    saved = _saved_tokenizer(tmp_path, tokenizer, template)
+    convs = conversations()
+    if template_name in NO_BOUNDARY:
+        convs = [{"messages": [dict(m, content=m["content"] + "\n") if m["role"] == "user" else m
+                               for m in c["messages"]]} for c in convs]
+    checked = 0
+    for conv in convs:
+        assert _exactly_renderable(template_name, conv)
+        sample = template.encode(conv, tokenizer)
+        out = saved.apply_chat_template(conv["messages"], tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+        assert out["input_ids"] == sample["input_ids"], conv
+        assert out["assistant_masks"] == [int(label != IGNORE_INDEX) for label in sample["labels"]], conv
+        messages = conv["messages"]
+        for k in (k for k, m in enumerate(messages) if m["role"] == "assistant"):
+            prompt = saved.apply_chat_template(messages[:k], tokenize=True, add_generation_prompt=True,
+                                               return_dict=False)
+            assert prompt == template.encode_prompt(messages[:k], tokenizer)
+        checked += 1
+    assert checked == len(convs) > 100
+
+
+def test_no_boundary_template_merges_across_the_prompt_end():
+    """Why ``plain`` is checked on newline-ended prompts: without framing the tokenizer joins the two sides."""
+    tokenizer = gpt2_tokenizer()
+    template = get_registry().get("templates", "plain")
+    conv = {"messages": [{"role": "user", "content": "Say two words."}, {"role": "assistant", "content": '"Hi there"'}]}
+    whole = tokenizer.encode(tokenizer.bos_token + 'Say two words."Hi there"' + tokenizer.eos_token)
+    assert template.encode(conv, tokenizer)["input_ids"] != whole  # '.' + '"' trained, '."' in the whole string
+    prompt = template.encode_prompt(conv["messages"][:1], tokenizer)
+    assert template.encode(conv, tokenizer)["input_ids"][:len(prompt)] == prompt
+
+
+@pytest.mark.parametrize("tok_name", TOKENIZERS)
+def test_literal_ids_need_tokens_the_tokenizer_splits_on(tok_name):
+    """Baichuan2's 195/196 are byte or merge tokens in these vocabularies: rendering them must refuse clearly."""
+    tokenizer = TOKENIZERS[tok_name]()
+    template = get_registry().get("templates", "baichuan2-chat")
+    with pytest.raises(XtError, match="uses token id 195, which this tokenizer does not produce"):
+        template.compile(tokenizer).jinja()
+    sample = template.encode(MULTI_TURN[2], tokenizer)  # training itself still frames with the ids
+    assert sample["input_ids"].count(195) == 2 and sample["input_ids"].count(196) == 2
+
+
+def test_literal_ids_render_as_their_special_tokens(tmp_path):
+    """With a tokenizer where 195/196 are special tokens (as in Baichuan2's), the saved template is exact."""
+    from xt.tokenizers import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    template = get_registry().get("templates", "baichuan2-chat")
+    assert "<reserved_195>" in template.compile(tokenizer).jinja()
+    saved = _saved_tokenizer(tmp_path, tokenizer, template)
+    for conv in MULTI_TURN:
+        sample = template.encode(conv, tokenizer)
+        out = saved.apply_chat_template(conv["messages"], tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+        assert out["input_ids"] == sample["input_ids"]
+        assert out["assistant_masks"] == [int(label != IGNORE_INDEX) for label in sample["labels"]]
+
+
+def test_compiled_from_pieces_without_a_spec():
+    """The engine is built from pieces (what an ``auto`` template read from a tokenizer would give)."""
+    from xt.template import ChatTemplate, Piece
+
+    tokenizer = gpt2_tokenizer()
+    eos = tokenizer.eos_token_id
+    compiled = ChatTemplate(tokenizer, user=[Piece(text="Q: "), Piece(slot="content"), Piece(text="\nA:")],
+                            reply=[Piece(text=" "), Piece(slot="content")], end=[Piece(ids=(eos,))],
+                            turn_sep=[Piece(text="\n")])
+    sample = compiled.encode(MULTI_TURN[0])
+    enc = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    assert sample["input_ids"] == enc("Q: What is 2+2?\nA:") + enc(" It is 4.") + [eos]
+    assert [t for t, label in zip(sample["input_ids"], sample["labels"]) if label != IGNORE_INDEX] == \
+        enc(" It is 4.") + [eos]
+    assert compiled.stop_token_ids() == [eos]
+    assert compiled.encode_prompt(MULTI_TURN[0]["messages"][:1]) == enc("Q: What is 2+2?\nA:")
+
+
+def test_space_before_the_reply_starts_the_reply():
+    """llava-vicuna's ``assistant=" {content}"``: ``ASSISTANT:`` ends the prompt, ``▁Paris`` is trained."""
+    tokenizer = llama_tokenizer()
+    template = get_registry().get("templates", "llava-vicuna")
+    conv = MULTI_TURN[1]
+    sample = template.encode(conv, tokenizer)
+    prompt = template.encode_prompt(conv["messages"][:2], tokenizer)
+    assert tokenizer.convert_ids_to_tokens(prompt[-1]) == ":"
+    assert tokenizer.convert_ids_to_tokens(sample["input_ids"][len(prompt)]) == "▁Paris"
+    assert sample["labels"][len(prompt)] == sample["input_ids"][len(prompt)]
+
+
+def test_result_without_renderable_template_is_saved_with_a_warning(tmp_path, capsys):
+    from xt.model.saving import TEMPLATE_FILE, write_tokenizer_files
+
+    tokenizer = gpt2_tokenizer()
+    write_tokenizer_files(tmp_path, tokenizer, get_registry().get("templates", "baichuan2-chat"))
+    assert "no chat_template saved: Template 'baichuan2-chat' uses token id 195" in capsys.readouterr().err
+    assert (tmp_path / TEMPLATE_FILE).is_file() and (tmp_path / "generation_config.json").is_file()
+
+
+@pytest.mark.parametrize("tok_name", TOKENIZERS)
+def test_prompt_framing_ending_in_a_space(tmp_path, tok_name):
+    """The README's ``user="Q: {content}\\nA: "``: the space starts the reply, so the saved template is exact."""
+    from xt.specs import EOS, TemplateSpec
+
+    tokenizer = TOKENIZERS[tok_name]()
+    template = TemplateSpec(name="qa", user="Q: {content}\nA: ", assistant="{content}", assistant_end=(EOS,))
+    saved = _saved_tokenizer(tmp_path, tokenizer, template)
+    for conv in conversations():
+        sample = template.encode(conv, tokenizer)
+        out = saved.apply_chat_template(conv["messages"], tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+        assert out["input_ids"] == sample["input_ids"]
+        assert out["assistant_masks"] == [int(label != IGNORE_INDEX) for label in sample["labels"]]
+    prompt = template.encode_prompt(MULTI_TURN[0]["messages"][:1], tokenizer)
+    assert tokenizer.decode(prompt, skip_special_tokens=True).endswith("A:")
