@@ -44,11 +44,18 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
-def pytest_terminal_summary(terminalreporter) -> None:
-    """Say how many tests skipped for a missing shared file, so a partial run is not taken for a full one."""
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter):
+    """After the short summary, say how many tests skipped for a missing shared file, so that a partial
+    run is not taken for a full one."""
+    result = yield
     skipped = [r for r in terminalreporter.stats.get("skipped", [])
                if isinstance(r.longrepr, tuple) and MISSING_SHARED in str(r.longrepr[2])]
-    terminalreporter.write_line(f"{len(skipped)} tests skipped for a missing shared file (shared folder: {SHARED})")
+    for report in skipped:
+        terminalreporter.write_line(f"  {report.nodeid}: {str(report.longrepr[2]).split(MISSING_SHARED)[1].strip()}")
+    tests = "test" if len(skipped) == 1 else "tests"
+    terminalreporter.write_line(f"{len(skipped)} {tests} skipped for a missing shared file (shared folder: {SHARED})")
+    return result
 
 
 @pytest.fixture(autouse=True)

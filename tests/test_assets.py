@@ -8,11 +8,14 @@ the built tokenizers and checkpoints have the same settings and layout as the re
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from tests import assets
-from tests.conftest import shared_path
+from tests.conftest import ROOT, shared_path
 
 #: Texts that round-trip (a Llama-2 style decode drops one leading space, as Llama-2's own does).
 TEXTS = ["Hello world", "What is 2+2?\nIt is 4.", "Spaces  inside, a tab\tand Ünïcödé 猫 🙂 ", "x"]
@@ -82,6 +85,22 @@ def test_images_and_llava_rows(images, llava_file, openai_llava_files):
         for line in path.read_text().splitlines():
             parts = json.loads(line)["messages"][0]["content"]
             assert sum(p["type"] == "image_url" for p in parts) == parts[-1]["text"].count("<IMG_CONTEXT>") == count
+
+
+def test_missing_shared_files_are_named_and_counted_at_the_end(tmp_path):
+    test_file = tmp_path / "test_needs_shared.py"
+    test_file.write_text("from tests.conftest import shared_path\n\n\ndef test_real():\n"
+                         "    shared_path('no', 'such.file')\n\n\ndef test_built():\n    pass\n")
+    env = {**os.environ, "XT_SHARED": str(tmp_path / "absent")}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
+                           "-c", os.devnull, "--rootdir", str(tmp_path), str(test_file)],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    missing = tmp_path / "absent" / "no" / "such.file"
+    assert lines[-3].startswith(f"  test_needs_shared.py::test_real: {missing}"), lines[-3:]
+    assert lines[-2] == f"1 test skipped for a missing shared file (shared folder: {tmp_path / 'absent'})"
+    assert lines[-1].startswith("1 passed, 1 skipped")
 
 
 # ---------------------------------------------------------------------------------------------- against ../shared
