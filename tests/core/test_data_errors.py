@@ -13,9 +13,9 @@ from xt.errors import XtError
 from xt.plugins import get_registry
 
 try:
-    from .test_data_support import TEST_DATASET, TEST_MODEL, alpaca_spec, llama_tokenizer, register_test_plugin
+    from .test_data_support import TEST_DATASET, TEST_MODEL, alpaca_spec, register_test_plugin
 except ImportError:
-    from test_data_support import TEST_DATASET, TEST_MODEL, alpaca_spec, llama_tokenizer, register_test_plugin
+    from test_data_support import TEST_DATASET, TEST_MODEL, alpaca_spec, register_test_plugin
 
 GOOD = {"instruction": "Say hi.", "input": "", "output": "Hi!"}
 
@@ -49,7 +49,7 @@ def test_empty_and_missing_files(tmp_path):
         load_conversations(alpaca_spec([str(tmp_path / "*.parquet")]), DataOptions())
 
 
-def test_bad_rows_named_with_file_index_and_reason(tmp_path):
+def test_bad_rows_named_with_file_index_and_reason(tmp_path, sp_tokenizer):
     rows = [GOOD, {"instruction": "no output"}, {"instruction": 3, "input": "", "output": "x"},
             {"instruction": "empty reply", "input": "", "output": "  "}, GOOD, "not a dict"]
     path = _write(tmp_path / "rows.json", rows)
@@ -62,7 +62,7 @@ def test_bad_rows_named_with_file_index_and_reason(tmp_path):
     assert "row 5: a row must be an object" in msg and "--skip-bad-rows" in msg
     convs = load_conversations(alpaca_spec([path]), DataOptions(skip_bad_rows=True))
     assert len(convs) == 2
-    ds = build_dataset(alpaca_spec([path]), get_registry().get("templates", "default"), llama_tokenizer(),
+    ds = build_dataset(alpaca_spec([path]), get_registry().get("templates", "default"), sp_tokenizer,
                        DataOptions(skip_bad_rows=True, use_cache=False))
     assert ds.stats["skipped"] == 4 and ds.stats["samples"] == 2
 
@@ -74,31 +74,31 @@ def test_many_bad_rows_show_first_few_and_total(tmp_path):
     assert "many.json row 4:" in str(err.value) and "row 5:" not in str(err.value)
 
 
-def test_length_policies(tmp_path):
+def test_length_policies(tmp_path, sp_tokenizer):
     long = {"instruction": "Tell me a story.", "input": "", "output": "once upon a time " * 60}
     path = _write(tmp_path / "long.json", [GOOD, long])
     template = get_registry().get("templates", "default")
-    drop = build_dataset(alpaca_spec([path]), template, llama_tokenizer(),
+    drop = build_dataset(alpaca_spec([path]), template, sp_tokenizer,
                          DataOptions(max_length=64, length_policy="drop", use_cache=False))
     assert drop.stats["dropped"] == 1 and drop.stats["samples"] == 1 and drop.stats["truncated"] == 0
-    cut = build_dataset(alpaca_spec([path]), template, llama_tokenizer(), DataOptions(max_length=64, use_cache=False))
+    cut = build_dataset(alpaca_spec([path]), template, sp_tokenizer, DataOptions(max_length=64, use_cache=False))
     assert cut.stats["truncated"] == 1 and cut.stats["samples"] == 2 and max(cut.lengths) <= 64
     # The vectorized pipeline equals the one-sample rule (apply_length_policy) sample by sample.
     from xt.data.process import apply_length_policy
 
-    rows = build_dataset(alpaca_spec([path]), template, llama_tokenizer(),
+    rows = build_dataset(alpaca_spec([path]), template, sp_tokenizer,
                          DataOptions(max_length=64, pack=False, use_cache=False))
     convs = load_conversations(alpaca_spec([path]), DataOptions())
-    expected = [apply_length_policy(template.encode(c, llama_tokenizer()), 64, "truncate")[0] for c in convs]
+    expected = [apply_length_policy(template.encode(c, sp_tokenizer), 64, "truncate")[0] for c in convs]
     assert [{k: r[k] for k in ("input_ids", "labels")} for r in rows] == expected
     assert [r["position_ids"] for r in rows] == [list(range(len(e["input_ids"]))) for e in expected]
     # A sample whose reply is cut away entirely has nothing to learn: dropped and counted.
     long_prompt = {"instruction": "word " * 100, "input": "", "output": "ok"}
     path2 = _write(tmp_path / "prompt.json", [GOOD, long_prompt])
-    res = build_dataset(alpaca_spec([path2]), template, llama_tokenizer(), DataOptions(max_length=32, use_cache=False))
+    res = build_dataset(alpaca_spec([path2]), template, sp_tokenizer, DataOptions(max_length=32, use_cache=False))
     assert res.stats["dropped_no_labels"] == 1 and res.stats["samples"] == 1
     with pytest.raises(XtError, match="No sample .* left"):
-        build_dataset(alpaca_spec([path2]), template, llama_tokenizer(),
+        build_dataset(alpaca_spec([path2]), template, sp_tokenizer,
                       DataOptions(max_length=4, length_policy="drop", use_cache=False))
 
 
@@ -137,8 +137,8 @@ def test_generated_rows_take_priority():
     assert load_conversations(spec, DataOptions(seed=3))[0]["messages"][1]["content"] == "seed 3"
 
 
-def test_cli_stats_and_preview(tmp_path):
-    register_test_plugin()
+def test_cli_stats_and_preview(tmp_path, sp_tokenizer, alpaca_file):
+    register_test_plugin(sp_tokenizer, alpaca_file)
     runner = CliRunner()
     env = {"XT_CACHE_DIR": str(tmp_path / "cache")}
     good = _write(tmp_path / "good.json", [GOOD, {"instruction": "Add", "input": "1+1", "output": "2"}])

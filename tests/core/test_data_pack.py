@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -14,9 +15,9 @@ from xt.plugins import get_registry
 from xt.template import IGNORE_INDEX
 
 try:
-    from .test_data_support import alpaca_spec, llama_tokenizer
+    from .test_data_support import alpaca_spec
 except ImportError:
-    from test_data_support import alpaca_spec, llama_tokenizer
+    from test_data_support import alpaca_spec
 
 
 def test_best_fit_never_cuts_and_respects_capacity():
@@ -31,18 +32,18 @@ def test_best_fit_never_cuts_and_respects_capacity():
 
 
 @pytest.fixture(scope="module")
-def alpaca_packed(tmp_path_factory):
+def alpaca_packed(tmp_path_factory, alpaca_file, sp_tokenizer):
     template = get_registry().get("templates", "default")
     options = DataOptions(max_length=1024, cache_dir=str(tmp_path_factory.mktemp("cache")))
-    return build_dataset(alpaca_spec(), template, llama_tokenizer(), options)
+    return build_dataset(alpaca_spec([alpaca_file]), template, sp_tokenizer, options)
 
 
-def test_alpaca_fill_and_whole_samples(alpaca_packed):
+def test_alpaca_fill_and_whole_samples(alpaca_packed, alpaca_file, sp_tokenizer):
     ds = alpaca_packed
     assert ds.stats["fill"] >= 0.95
-    assert ds.stats["samples"] == ds.stats["rows"] == 999
+    assert ds.stats["samples"] == ds.stats["rows"] == len(json.loads(alpaca_file.read_text()))
     assert ds.stats["truncated"] == 0 and ds.stats["dropped"] == 0
-    unpacked = build_dataset(alpaca_spec(), get_registry().get("templates", "default"), llama_tokenizer(),
+    unpacked = build_dataset(alpaca_spec([alpaca_file]), get_registry().get("templates", "default"), sp_tokenizer,
                              DataOptions(max_length=1024, pack=False, use_cache=False))
     whole = sorted(tuple(s["input_ids"]) for s in unpacked)
     pieces = []
@@ -58,11 +59,11 @@ def test_alpaca_fill_and_whole_samples(alpaca_packed):
     assert sorted(pieces) == whole  # every sample whole, none cut, none lost
 
 
-def _tiny_llama(attn="sdpa"):
+def _tiny_llama(vocab_size: int, attn="sdpa"):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=32000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
     model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
     if attn == PACKED_SDPA:
@@ -70,14 +71,14 @@ def _tiny_llama(attn="sdpa"):
     return model.eval()
 
 
-def _short_samples(n):
-    """n short samples of different lengths, templated with the real Llama-2 tokenizer."""
+def _short_samples(n, tokenizer):
+    """n short samples of different lengths, templated with ``tokenizer``."""
     template = get_registry().get("templates", "default")
     conv = [{"messages": [{"role": "user", "content": f"Question {i}?"},
                           {"role": "assistant", "content": "Answer " * (i + 2)}]} for i in range(n)]
     out = []
     for c in conv:
-        s = template.encode(c, llama_tokenizer())
+        s = template.encode(c, tokenizer)
         out.append({"input_ids": s["input_ids"], "labels": [IGNORE_INDEX] + s["labels"][1:],
                     "position_ids": list(range(len(s["input_ids"])))})
     return out
@@ -91,9 +92,9 @@ def _pack(samples):
 
 @pytest.mark.parametrize("attn", ["sdpa", PACKED_SDPA])
 @torch.no_grad()
-def test_packed_logits_and_loss_equal_separate_runs(attn):
-    model = _tiny_llama(attn)
-    samples = _short_samples(5)
+def test_packed_logits_and_loss_equal_separate_runs(attn, sp_tokenizer):
+    model = _tiny_llama(len(sp_tokenizer), attn)
+    samples = _short_samples(5, sp_tokenizer)
     rows = [_pack(samples[:3]), _pack(samples[3:])]  # two packed rows of different length: padding too
     batch = make_default_collator(pad_token_id=0)(rows)
     assert "attention_mask" not in batch
@@ -141,9 +142,7 @@ def test_collator_pads_and_passes_images():
     assert packed["labels"].tolist()[0][5:] == [-100] * 3
 
 
-def test_packing_keeps_images_in_order(tmp_path):
-    import json
-
+def test_packing_keeps_images_in_order(tmp_path, sp_tokenizer):
     from xt.specs import DatasetSpec
 
     rows = [{"messages": [{"role": "user", "content": f"<image> q{i}"}, {"role": "assistant", "content": f"a{i}"}],
@@ -153,24 +152,24 @@ def test_packing_keeps_images_in_order(tmp_path):
     from xt.builtins import map_conversation_row
 
     spec = DatasetSpec(name="mm", map_row=map_conversation_row, data_files=[str(path)])
-    ds = build_dataset(spec, get_registry().get("templates", "default"), llama_tokenizer(),
+    ds = build_dataset(spec, get_registry().get("templates", "default"), sp_tokenizer,
                        DataOptions(max_length=64, cache_dir=str(tmp_path / "c")))
     images = [img for i in range(len(ds)) for img in ds[i]["images"]]
     assert sorted(images) == [f"img{i}.jpg" for i in range(6)]
     for i in range(len(ds)):
         assert ds[i]["images"] == sorted(ds[i]["images"], key=lambda s: int(s[3:-4]))
         assert len(ds[i]["images"]) == ds.num_samples(i)
-    again = build_dataset(spec, get_registry().get("templates", "default"), llama_tokenizer(),
+    again = build_dataset(spec, get_registry().get("templates", "default"), sp_tokenizer,
                           DataOptions(max_length=64, cache_dir=str(tmp_path / "c")))
     assert again.stats["cached"] and [again[i]["images"] for i in range(len(again))] == [ds[i]["images"] for i in range(len(ds))]
 
 
-def test_per_sample_attention_gives_the_dense_masks_gradients_and_saves_plain_configs(tmp_path):
-    samples = _short_samples(5)
+def test_per_sample_attention_gives_the_dense_masks_gradients_and_saves_plain_configs(tmp_path, sp_tokenizer):
+    samples = _short_samples(5, sp_tokenizer)
     batch = make_default_collator(pad_token_id=0)([_pack(samples[:3]), _pack(samples[3:])])
     grads = {}
     for attn in ("sdpa", PACKED_SDPA):
-        model = _tiny_llama(attn).train()
+        model = _tiny_llama(len(sp_tokenizer), attn).train()
         model(**batch, use_cache=False).loss.backward()
         grads[attn] = {n: p.grad for n, p in model.named_parameters()}
     for name, grad in grads["sdpa"].items():
@@ -180,5 +179,5 @@ def test_per_sample_attention_gives_the_dense_masks_gradients_and_saves_plain_co
     assert PACKED_SDPA not in (tmp_path / "saved" / "config.json").read_text()  # loads without xt
     # Generation (a cache, one query token) goes through stock sdpa and matches it.
     prompt = torch.tensor([samples[0]["input_ids"][:6]])
-    plain = _tiny_llama("sdpa").generate(prompt, max_new_tokens=5, do_sample=False)
+    plain = _tiny_llama(len(sp_tokenizer), "sdpa").generate(prompt, max_new_tokens=5, do_sample=False)
     assert torch.equal(model.eval().generate(prompt, max_new_tokens=5, do_sample=False), plain)

@@ -1,41 +1,16 @@
-"""Helpers shared by the data pipeline tests (real tokenizers from shared/, a test plugin)."""
+"""Helpers for the data pipeline tests: the alpaca map and a test plugin (tokenizers come from conftest fixtures)."""
 
 from __future__ import annotations
 
-import os
-from functools import lru_cache
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
 from xt import hookimpl
 from xt.specs import DatasetSpec, ModelSpec, RowError
 
-SHARED = Path(os.environ.get("XT_SHARED", Path(__file__).resolve().parents[2].parent / "shared")).resolve()
 TEST_MODEL = "xt-test-llama2"
 TEST_DATASET = "xt-test-alpaca"
-
-
-def shared_file(*parts: str) -> Path:
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} is not available (set XT_SHARED to the shared/ folder)")
-    return path
-
-
-@lru_cache(maxsize=1)
-def llama_tokenizer() -> Any:
-    from transformers import LlamaTokenizer
-
-    return LlamaTokenizer.from_pretrained(str(shared_file("tokenizers", "llama2")))
-
-
-@lru_cache(maxsize=1)
-def gpt2_tokenizer() -> Any:
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast(tokenizer_file=str(shared_file("tokenizers", "gpt2", "tokenizer.json")),
-                                   eos_token="<|endoftext|>", bos_token="<|endoftext|>")
 
 
 def alpaca_map(row: dict[str, Any]) -> dict[str, Any]:
@@ -47,24 +22,26 @@ def alpaca_map(row: dict[str, Any]) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]}
 
 
-def alpaca_spec(files: list[str] | None = None, **kw: Any) -> DatasetSpec:
-    files = files if files is not None else [str(shared_file("data", "alpaca", "alpaca_en_demo.json"))]
-    return DatasetSpec(name=TEST_DATASET, map_row=alpaca_map, data_files=files, **kw)
+def alpaca_spec(files: Sequence[str | Path] = (), **kw: Any) -> DatasetSpec:
+    return DatasetSpec(name=TEST_DATASET, map_row=alpaca_map, data_files=[str(f) for f in files], **kw)
 
 
 class DataTestPlugin:
-    """Registers a model whose tokenizer is shared/tokenizers/llama2, and the alpaca test dataset."""
+    """Registers a model with the given tokenizer, and the alpaca test dataset reading ``data_file``."""
+
+    def __init__(self, tokenizer: Any, data_file: Path) -> None:
+        self.tokenizer, self.data_file = tokenizer, data_file
 
     @hookimpl
     def model_loader(self, register: Any) -> None:
-        register(ModelSpec(name=TEST_MODEL, source="llama2", load_tokenizer=lambda source: llama_tokenizer()))
+        register(ModelSpec(name=TEST_MODEL, source="llama2", load_tokenizer=lambda source: self.tokenizer))
 
     @hookimpl
     def dataset_map(self, register: Any) -> None:
-        register(alpaca_spec())
+        register(alpaca_spec([self.data_file]))
 
 
-def register_test_plugin() -> None:
+def register_test_plugin(tokenizer: Any, data_file: Path) -> None:
     from xt.plugins import get_plugin_manager
 
-    get_plugin_manager().register(DataTestPlugin(), name="xt-test-data")
+    get_plugin_manager().register(DataTestPlugin(tokenizer, data_file), name="xt-test-data")

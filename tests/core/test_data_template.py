@@ -1,4 +1,5 @@
-"""Label masks with real tokenizers: the loss-bearing tokens decode to exactly the replies + end token."""
+"""Label masks with trained tokenizers (Llama-2 style SentencePiece, GPT-2 style byte-level BPE): the
+loss-bearing tokens decode to exactly the replies + end token."""
 
 from __future__ import annotations
 
@@ -8,10 +9,7 @@ import pytest
 from xt.plugins import get_registry
 from xt.template import IGNORE_INDEX
 
-try:
-    from .test_data_support import gpt2_tokenizer, llama_tokenizer, shared_file
-except ImportError:
-    from test_data_support import gpt2_tokenizer, llama_tokenizer, shared_file
+TOKENIZERS = ["sp_tokenizer", "bpe_tokenizer"]  # conftest fixtures
 
 CONVERSATIONS = [
     {"messages": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "It is 4."}]},
@@ -25,10 +23,6 @@ CONVERSATIONS = [
 ]
 
 
-def _tokenizers():
-    return [("llama2", llama_tokenizer), ("gpt2", gpt2_tokenizer)]
-
-
 def _spans(labels: list[int]) -> list[tuple[int, int]]:
     spans, start = [], None
     for i, label in enumerate(labels + [IGNORE_INDEX]):
@@ -40,10 +34,10 @@ def _spans(labels: list[int]) -> list[tuple[int, int]]:
     return spans
 
 
-@pytest.mark.parametrize("tok_name,tok_fn", _tokenizers())
+@pytest.mark.parametrize("tok_name", TOKENIZERS)
 @pytest.mark.parametrize("template_name", ["default", "chatml"])
-def test_labels_decode_to_replies_and_end_token(tok_name, tok_fn, template_name):
-    tokenizer = tok_fn()
+def test_labels_decode_to_replies_and_end_token(tok_name, template_name, request):
+    tokenizer = request.getfixturevalue(tok_name)
     template = get_registry().get("templates", template_name)
     end = tokenizer.eos_token if template_name == "default" else "<|im_end|>"
     for conv in CONVERSATIONS:
@@ -68,10 +62,10 @@ def test_labels_decode_to_replies_and_end_token(tok_name, tok_fn, template_name)
         assert template.compile(tokenizer).encode_batch([conv]) == [sample]
 
 
-@pytest.mark.parametrize("tok_fn", [llama_tokenizer, gpt2_tokenizer])
-def test_batch_encoder_matches_one_at_a_time_on_alpaca(tok_fn):
-    tokenizer = tok_fn()
-    rows = json.loads(shared_file("data", "alpaca", "alpaca_en_demo.json").read_text())[:200]
+@pytest.mark.parametrize("tok_name", TOKENIZERS)
+def test_batch_encoder_matches_one_at_a_time_on_alpaca(tok_name, alpaca_file, request):
+    tokenizer = request.getfixturevalue(tok_name)
+    rows = json.loads(alpaca_file.read_text())[:200]
     convs = [{"messages": [{"role": "user", "content": r["instruction"] + ("\n" + r["input"] if r["input"] else "")},
                            {"role": "assistant", "content": r["output"]}]} for r in rows]
     convs += CONVERSATIONS

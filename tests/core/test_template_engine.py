@@ -10,7 +10,7 @@ are saved gives exactly the training ids, with transformers' own assistant mask 
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import pytest
@@ -18,10 +18,7 @@ from xt.errors import XtError
 from xt.plugins import get_registry
 from xt.template import IGNORE_INDEX
 
-try:
-    from .test_data_support import gpt2_tokenizer, llama_tokenizer, shared_file
-except ImportError:
-    from test_data_support import gpt2_tokenizer, llama_tokenizer, shared_file
+from tests.conftest import shared_path
 
 MULTI_TURN = [
     {"messages": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "It is 4."}]},
@@ -40,24 +37,41 @@ MULTI_TURN = [
 NO_BOUNDARY = {"plain"}
 
 
-@lru_cache(maxsize=1)
-def tiny_bpe_tokenizer() -> Any:
-    from transformers import PreTrainedTokenizerFast
+#: Built by conftest at test time (Llama-2-style SentencePiece, GPT-2-style byte-level BPE): every
+#: template is checked on these on any clone.
+BUILT = ["sp_tokenizer", "bpe_tokenizer"]
+#: The real tokenizer files of shared/ (Llama-2, GPT-2, the 2000-token BPE): one test each runs every
+#: template on it, and skips naming the file when shared/ is absent.
+REAL = ["llama2", "gpt2", "tiny-bpe"]
+TEMPLATES = get_registry().names("templates")
 
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(shared_file("tokenizers", "tiny-bpe", "tokenizer.json")))
+
+@cache
+def real_tokenizer(name: str) -> Any:
+    from transformers import LlamaTokenizer, PreTrainedTokenizerFast
+
+    if name == "llama2":
+        return LlamaTokenizer.from_pretrained(str(shared_path("tokenizers", "llama2")))
+    if name == "gpt2":
+        return PreTrainedTokenizerFast(tokenizer_file=str(shared_path("tokenizers", "gpt2", "tokenizer.json")),
+                                       eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(shared_path("tokenizers", "tiny-bpe", "tokenizer.json")))
     tok.add_special_tokens({"bos_token": "<s>", "eos_token": "</s>"})  # the file has no special tokens
     return tok
 
 
-TOKENIZERS = {"llama2": llama_tokenizer, "gpt2": gpt2_tokenizer, "tiny-bpe": tiny_bpe_tokenizer}
-TEMPLATES = get_registry().names("templates")
+_ALPACA: list[dict[str, Any]] = []
 
 
-@lru_cache(maxsize=1)
+@pytest.fixture(autouse=True)
+def _alpaca_rows(alpaca_file):
+    if not _ALPACA:
+        _ALPACA.extend(json.loads(alpaca_file.read_text())[:120])
+
+
 def conversations() -> list[dict[str, Any]]:
-    rows = json.loads(shared_file("data", "alpaca", "alpaca_en_demo.json").read_text())[:120]
     alpaca = [{"messages": [{"role": "user", "content": r["instruction"] + ("\n" + r["input"] if r["input"] else "")},
-                            {"role": "assistant", "content": r["output"]}]} for r in rows]
+                            {"role": "assistant", "content": r["output"]}]} for r in _ALPACA]
     return MULTI_TURN + alpaca
 
 
@@ -65,10 +79,13 @@ def test_every_plugin_template_is_covered():
     assert {"default", "chatml", "plain", "alpaca", "alpaca-demo", "baichuan2-chat", "llava-vicuna"} <= set(TEMPLATES)
 
 
-@pytest.mark.parametrize("tok_name", TOKENIZERS)
+@pytest.mark.parametrize("tok_name", BUILT)
 @pytest.mark.parametrize("template_name", TEMPLATES)
-def test_batch_single_and_prompt_prefix(template_name, tok_name):
-    tokenizer = TOKENIZERS[tok_name]()
+def test_batch_single_and_prompt_prefix(template_name, tok_name, request):
+    check_batch_single_and_prompt_prefix(template_name, request.getfixturevalue(tok_name))
+
+
+def check_batch_single_and_prompt_prefix(template_name: str, tokenizer: Any) -> None:
     template = get_registry().get("templates", template_name)
     compiled = template.compile(tokenizer)
     convs = conversations()
@@ -102,10 +119,27 @@ def _exactly_renderable(template_name: str, conv: dict[str, Any]) -> bool:
     return all(m["content"].endswith("\n") for m in conv["messages"] if m["role"] == "user")
 
 
-@pytest.mark.parametrize("tok_name", TOKENIZERS)
-@pytest.mark.parametrize("template_name", sorted(set(TEMPLATES) - {"baichuan2-chat"}))
-def test_saved_chat_template_gives_training_ids_and_loss_mask(tmp_path, template_name, tok_name):
-    tokenizer = TOKENIZERS[tok_name]()
+RENDERABLE = sorted(set(TEMPLATES) - {"baichuan2-chat"})
+
+
+@pytest.mark.parametrize("tok_name", BUILT)
+@pytest.mark.parametrize("template_name", RENDERABLE)
+def test_saved_chat_template_gives_training_ids_and_loss_mask(tmp_path, template_name, tok_name, request):
+    check_saved_chat_template(tmp_path, template_name, request.getfixturevalue(tok_name))
+
+
+@pytest.mark.parametrize("tok_name", REAL)
+def test_every_template_on_the_real_tokenizer(tmp_path, tok_name):
+    """The acceptance on the real Llama-2, GPT-2 and tiny-bpe files: every template, both checks."""
+    tokenizer = real_tokenizer(tok_name)
+    for template_name in TEMPLATES:
+        check_batch_single_and_prompt_prefix(template_name, tokenizer)
+    for template_name in RENDERABLE:
+        check_saved_chat_template(tmp_path / template_name, template_name, tokenizer)
+    check_literal_ids_refused(tokenizer)
+
+
+def check_saved_chat_template(tmp_path, template_name: str, tokenizer: Any) -> None:
     template = get_registry().get("templates", template_name)
     saved = _saved_tokenizer(tmp_path, tokenizer, template)
     convs = conversations()
@@ -129,21 +163,24 @@ def test_saved_chat_template_gives_training_ids_and_loss_mask(tmp_path, template
     assert checked == len(convs) > 100
 
 
-def test_no_boundary_template_merges_across_the_prompt_end():
+def test_no_boundary_template_merges_across_the_prompt_end(request):
     """Why ``plain`` is checked on newline-ended prompts: without framing the tokenizer joins the two sides."""
-    tokenizer = gpt2_tokenizer()
+    tokenizer = request.getfixturevalue("bpe_tokenizer")
     template = get_registry().get("templates", "plain")
-    conv = {"messages": [{"role": "user", "content": "Say two words."}, {"role": "assistant", "content": '"Hi there"'}]}
-    whole = tokenizer.encode(tokenizer.bos_token + 'Say two words."Hi there"' + tokenizer.eos_token)
-    assert template.encode(conv, tokenizer)["input_ids"] != whole  # '.' + '"' trained, '."' in the whole string
+    conv = {"messages": [{"role": "user", "content": "Finish the word: th"}, {"role": "assistant", "content": "e end"}]}
+    whole = tokenizer.encode(tokenizer.bos_token + "Finish the word: the end" + tokenizer.eos_token)
+    assert template.encode(conv, tokenizer)["input_ids"] != whole  # 'th' + 'e' trained, 'the' in the whole string
     prompt = template.encode_prompt(conv["messages"][:1], tokenizer)
     assert template.encode(conv, tokenizer)["input_ids"][:len(prompt)] == prompt
 
 
-@pytest.mark.parametrize("tok_name", TOKENIZERS)
-def test_literal_ids_need_tokens_the_tokenizer_splits_on(tok_name):
+@pytest.mark.parametrize("tok_name", BUILT)
+def test_literal_ids_need_tokens_the_tokenizer_splits_on(tok_name, request):
+    check_literal_ids_refused(request.getfixturevalue(tok_name))
+
+
+def check_literal_ids_refused(tokenizer: Any) -> None:
     """Baichuan2's 195/196 are byte or merge tokens in these vocabularies: rendering them must refuse clearly."""
-    tokenizer = TOKENIZERS[tok_name]()
     template = get_registry().get("templates", "baichuan2-chat")
     with pytest.raises(XtError, match="uses token id 195, which this tokenizer does not produce"):
         template.compile(tokenizer).jinja()
@@ -167,11 +204,11 @@ def test_literal_ids_render_as_their_special_tokens(tmp_path):
         assert out["assistant_masks"] == [int(label != IGNORE_INDEX) for label in sample["labels"]]
 
 
-def test_compiled_from_pieces_without_a_spec():
+def test_compiled_from_pieces_without_a_spec(request):
     """The engine is built from pieces (what an ``auto`` template read from a tokenizer would give)."""
     from xt.template import ChatTemplate, Piece
 
-    tokenizer = gpt2_tokenizer()
+    tokenizer = request.getfixturevalue("bpe_tokenizer")
     eos = tokenizer.eos_token_id
     compiled = ChatTemplate(tokenizer, user=[Piece(text="Q: "), Piece(slot="content"), Piece(text="\nA:")],
                             reply=[Piece(text=" "), Piece(slot="content")], end=[Piece(ids=(eos,))],
@@ -185,33 +222,34 @@ def test_compiled_from_pieces_without_a_spec():
     assert compiled.encode_prompt(MULTI_TURN[0]["messages"][:1]) == enc("Q: What is 2+2?\nA:")
 
 
-def test_space_before_the_reply_starts_the_reply():
+def test_space_before_the_reply_starts_the_reply(sp_tokenizer):
     """llava-vicuna's ``assistant=" {content}"``: ``ASSISTANT:`` ends the prompt, ``▁Paris`` is trained."""
-    tokenizer = llama_tokenizer()
+    tokenizer = sp_tokenizer
     template = get_registry().get("templates", "llava-vicuna")
     conv = MULTI_TURN[1]
     sample = template.encode(conv, tokenizer)
     prompt = template.encode_prompt(conv["messages"][:2], tokenizer)
     assert tokenizer.convert_ids_to_tokens(prompt[-1]) == ":"
-    assert tokenizer.convert_ids_to_tokens(sample["input_ids"][len(prompt)]) == "▁Paris"
+    assert tokenizer.convert_ids_to_tokens(sample["input_ids"][len(prompt)]).startswith("▁")  # the space is the reply's
+    assert tokenizer.decode(sample["input_ids"][len(prompt):]).startswith("Paris.")
     assert sample["labels"][len(prompt)] == sample["input_ids"][len(prompt)]
 
 
-def test_result_without_renderable_template_is_saved_with_a_warning(tmp_path, capsys):
+def test_result_without_renderable_template_is_saved_with_a_warning(tmp_path, capsys, request):
     from xt.model.saving import TEMPLATE_FILE, write_tokenizer_files
 
-    tokenizer = gpt2_tokenizer()
+    tokenizer = request.getfixturevalue("bpe_tokenizer")
     write_tokenizer_files(tmp_path, tokenizer, get_registry().get("templates", "baichuan2-chat"))
     assert "no chat_template saved: Template 'baichuan2-chat' uses token id 195" in capsys.readouterr().err
     assert (tmp_path / TEMPLATE_FILE).is_file() and (tmp_path / "generation_config.json").is_file()
 
 
-@pytest.mark.parametrize("tok_name", TOKENIZERS)
-def test_prompt_framing_ending_in_a_space(tmp_path, tok_name):
+@pytest.mark.parametrize("tok_name", BUILT)
+def test_prompt_framing_ending_in_a_space(tmp_path, tok_name, request):
     """The README's ``user="Q: {content}\\nA: "``: the space starts the reply, so the saved template is exact."""
     from xt.specs import EOS, TemplateSpec
 
-    tokenizer = TOKENIZERS[tok_name]()
+    tokenizer = request.getfixturevalue(tok_name)
     template = TemplateSpec(name="qa", user="Q: {content}\nA: ", assistant="{content}", assistant_end=(EOS,))
     saved = _saved_tokenizer(tmp_path, tokenizer, template)
     for conv in conversations():

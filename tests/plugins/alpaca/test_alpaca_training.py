@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, shared_path
+from tests.conftest import ROOT
 
 XT = [sys.executable, "-m", "xt.cli"] if not (Path(sys.executable).parent / "xt").exists() \
     else [str(Path(sys.executable).parent / "xt")]
@@ -47,10 +47,9 @@ def test_unreachable_hub_fails_in_seconds_pointing_to_data_files_and_the_demo(tm
     assert elapsed < 60, f"took {elapsed:.0f}s (most of it is importing torch / DeepSpeed)"
 
 
-def test_training_on_a_local_alpaca_file(tmp_path: Path) -> None:
-    data = shared_path("data", "alpaca", "alpaca_en_demo.json")
+def test_training_on_a_local_alpaca_file(tmp_path: Path, alpaca_file: Path) -> None:
     run = tmp_path / "run"
-    proc = _xt(["train", "--model", "baichuan2-tiny", "--dataset", "alpaca", "--data-files", str(data),
+    proc = _xt(["train", "--model", "baichuan2-tiny", "--dataset", "alpaca", "--data-files", str(alpaca_file),
                 "--template", "alpaca", "--method", "full", "--output", str(run),
                 "--set", "max_steps=3", "--set", "max_length=256", "--set", "save_total_limit=0",
                 "--set", "micro_batch_size=2", "--set", "log_steps=1"], _env(tmp_path))

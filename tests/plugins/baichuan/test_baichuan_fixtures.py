@@ -2,6 +2,8 @@
 
 Every case of each checkpoint's reference.json: logits within 1e-4, losses within 1e-5, greedy
 tokens identical; plus loading (Auto classes without remote code, safetensors and .bin) and saving.
+These are tests of those specific files, so they read ../shared: one test per checkpoint, each check a
+subtest (reported on its own), so a clone without ../shared skips two tests, each naming its folder.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def _sum_close(actual: float, expected: float):
     assert actual == pytest.approx(expected, rel=1e-5, abs=1e-3)
 
 
-def test_native_class_and_variant(case):
+def check_native_class_and_variant(case):
     name, _, model, _ = case
     from xt_baichuan.modeling_baichuan import BaichuanForCausalLM, NormHead
 
@@ -55,7 +57,7 @@ def test_native_class_and_variant(case):
     assert model.config.position_embedding == ("rope" if "rope" in name else "alibi")
 
 
-def test_sequences(case):
+def check_sequences(case):
     _, _, model, reference = case
     for seq in reference["sequences"].values():
         ids = torch.tensor([seq["input_ids"]])
@@ -78,7 +80,7 @@ def test_sequences(case):
             _sum_close(got[1], want[1])
 
 
-def test_greedy_generation_with_and_without_cache(case):
+def check_greedy_generation_with_and_without_cache(case):
     _, _, model, reference = case
     kwargs = dict(reference["meta"]["generation_kwargs"])
     for seq in reference["sequences"].values():
@@ -91,8 +93,7 @@ def test_greedy_generation_with_and_without_cache(case):
             assert out[0, ids.shape[1]:].tolist() == seq["greedy_20_new_tokens"]
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_right_padded_batch(case, attn):
+def check_right_padded_batch(case, attn):
     _, _, model, reference = case
     batch = reference["batch_right_padded"]
     ids = torch.tensor(batch["input_ids"])
@@ -118,7 +119,7 @@ def test_right_padded_batch(case, attn):
     _sum_close(out.logits.double().abs().sum().item(), batch["logits_abs_sum_all_positions_incl_pads"])
 
 
-def test_z_loss(case):
+def check_z_loss(case):
     _, _, model, reference = case
     z = reference["z_loss"]
     seq = torch.tensor([reference["sequences"]["33"]["input_ids"]])
@@ -137,7 +138,7 @@ def test_z_loss(case):
     assert loss_batch == pytest.approx(z["loss_batch_right_padded_labels_pad_as_minus100"], abs=LOSS_ATOL)
 
 
-def test_left_padded_generation(case):
+def check_left_padded_generation(case):
     _, _, model, reference = case
     batch = reference["batch_left_padded_generation"]
     ids = torch.tensor(batch["input_ids"])
@@ -150,7 +151,7 @@ def test_left_padded_generation(case):
     assert batch["greedy_20_new_tokens"] == batch["unpadded_single_greedy_20_new_tokens"]
 
 
-def test_train_mode_loss_and_head_not_mutated(case):
+def check_train_mode_loss_and_head_not_mutated(case):
     _, _, model, reference = case
     ids = torch.tensor([reference["sequences"]["33"]["input_ids"]])
     stored = model.lm_head.weight.detach().clone()
@@ -175,16 +176,15 @@ def test_train_mode_loss_and_head_not_mutated(case):
     assert used.max().item() == pytest.approx(head["row_norm_max"], abs=1e-6)
 
 
-def test_alibi_slopes_match_reference():
+def check_alibi_slopes_match_reference(case):
     from xt_baichuan.modeling_baichuan import alibi_slopes
 
-    folder = _dir("tiny-13b-alibi")
-    reference = json.loads((folder / "reference.json").read_text())
+    _, folder, _, reference = case
     heads = json.loads((folder / "config.json").read_text())["num_attention_heads"]
     assert alibi_slopes(heads) == pytest.approx(reference["alibi_slopes"], rel=1e-7)
 
 
-def test_bin_only_copy_loads_same_tensors(case, tmp_path):
+def check_bin_only_copy_loads_same_tensors(case, tmp_path):
     """The .bin files (single or sharded with an index) load through transformers' weights_only path."""
     from transformers import AutoModelForCausalLM
 
@@ -200,7 +200,7 @@ def test_bin_only_copy_loads_same_tensors(case, tmp_path):
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
-def test_save_round_trip_keeps_official_layout(case, tmp_path):
+def check_save_round_trip_keeps_official_layout(case, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
@@ -218,3 +218,31 @@ def test_save_round_trip_keeps_official_layout(case, tmp_path):
     ids = torch.tensor([reference["sequences"]["7"]["input_ids"]])
     with torch.no_grad():
         _close(again(ids).logits[0], reference["sequences"]["7"]["logits_full"])
+
+
+def test_official_checkpoint(case, subtests, tmp_path):
+    """Every check above on one official checkpoint; each one is a subtest, reported on its own."""
+    checks = {
+        "native class and variant": lambda: check_native_class_and_variant(case),
+        "sequences": lambda: check_sequences(case),
+        "greedy generation with and without cache": lambda: check_greedy_generation_with_and_without_cache(case),
+        "right-padded batch, sdpa": lambda: check_right_padded_batch(case, "sdpa"),
+        "right-padded batch, eager": lambda: check_right_padded_batch(case, "eager"),
+        "z-loss": lambda: check_z_loss(case),
+        "left-padded generation": lambda: check_left_padded_generation(case),
+        "train-mode loss, head not mutated": lambda: check_train_mode_loss_and_head_not_mutated(case),
+        ".bin-only copy loads the same tensors": lambda: check_bin_only_copy_loads_same_tensors(
+            case, _empty(tmp_path / "bin")),
+        "save round trip keeps the official layout": lambda: check_save_round_trip_keeps_official_layout(
+            case, _empty(tmp_path / "saved")),
+    }
+    if case[0] == "tiny-13b-alibi":
+        checks["ALiBi slopes"] = lambda: check_alibi_slopes_match_reference(case)
+    for name, check in checks.items():
+        with subtests.test(msg=name):
+            check()
+
+
+def _empty(folder):
+    folder.mkdir()
+    return folder

@@ -6,8 +6,6 @@ import pytest
 import torch
 import xt_baichuan  # noqa: F401
 
-from tests.conftest import shared_path
-
 
 def _spec(name: str):
     from xt.plugins import get_registry
@@ -15,9 +13,10 @@ def _spec(name: str):
     return get_registry().get("models", name)
 
 
-def _fixture_model(name: str, **kwargs):
-    spec = _spec("baichuan2-7b" if "rope" in name else "baichuan2-13b")
-    return spec.load_model(str(shared_path("fixtures", "baichuan2", name)), **kwargs), spec
+def _folder_model(variant: str, folder, **kwargs):
+    """A model loaded from an official-layout folder through the real (7B or 13B) loader."""
+    spec = _spec("baichuan2-7b" if variant == "tiny-7b-rope" else "baichuan2-13b")
+    return spec.load_model(str(folder), **kwargs), spec
 
 
 def _batch(vocab: int, seed: int = 0) -> torch.Tensor:
@@ -54,19 +53,19 @@ def _lora_step(model, targets, steps: int = 2) -> None:
             assert torch.equal(params[n], before), f"frozen {n} changed"
 
 
-@pytest.mark.parametrize("source", ["preset:baichuan2-tiny", "fixture:tiny-13b-alibi"])
-def test_lora_training_step(source):
+@pytest.mark.parametrize("source", ["preset:baichuan2-tiny", "folder:tiny-13b-alibi"])
+def test_lora_training_step(source, baichuan_checkpoint):
     kind, name = source.split(":")
     if kind == "preset":
         spec = _spec(name)
         model = spec.load_model(None)
     else:
-        model, spec = _fixture_model(name)
+        model, spec = _folder_model(name, baichuan_checkpoint(name))
     assert tuple(spec.lora_targets) == ("W_pack", "o_proj", "gate_proj", "up_proj", "down_proj")
     _lora_step(model, spec.lora_targets)
 
 
-def _qlora_model(source: str):
+def _qlora_model(source: str, baichuan_checkpoint):
     from transformers import BitsAndBytesConfig
 
     qconfig = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
@@ -74,16 +73,16 @@ def _qlora_model(source: str):
     if kind == "preset":
         spec = _spec(name)
         return spec.load_model(None, quantization_config=qconfig), spec
-    return _fixture_model(name, quantization_config=qconfig)
+    return _folder_model(name, baichuan_checkpoint(name), quantization_config=qconfig)
 
 
 @pytest.mark.parametrize("source", ["preset:baichuan2-tiny-13b",
-                                    "fixture:tiny-7b-rope"])
-def test_qlora_training_step(source):
+                                    "folder:tiny-7b-rope"])
+def test_qlora_training_step(source, baichuan_checkpoint):
     import bitsandbytes as bnb
     from xt_baichuan.modeling_baichuan import NormHead
 
-    model, spec = _qlora_model(source)
+    model, spec = _qlora_model(source, baichuan_checkpoint)
     quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(quantized) == 5 * model.config.num_hidden_layers
     assert type(model.lm_head) is NormHead and model.lm_head.weight.dtype == torch.float32

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 from xt.errors import XtError
-
-from tests.conftest import shared_path
 
 
 def _processor():
@@ -38,38 +35,43 @@ def _row(rid: str, image: str | None, question: str = "What is shown?\n<image>")
 
 
 @pytest.fixture
-def images() -> Path:
-    return shared_path("data", "llava", "images")
+def folder(images) -> Path:
+    """The folder of the two drawn photos (conftest's ``images``)."""
+    return images["dog"].parent
 
 
-def test_llava_json_first_turn_is_normalised(images):
+@pytest.fixture
+def dog(images) -> str:
+    return images["dog"].name
+
+
+def test_llava_json_first_turn_is_normalised(folder, dog):
     from xt_llava.data import map_llava_row
 
-    dog = sorted(os.listdir(images))[0]
-    conv = map_llava_row(_row("r1", dog, "Look at this  <image>  please"), image_folder=str(images))
+    conv = map_llava_row(_row("r1", dog, "Look at this  <image>  please"), image_folder=str(folder))
     assert conv["messages"][0] == {"role": "user", "content": "<image>\nLook at this    please"}
-    assert conv["images"] == [str(images / dog)]
-    conv = map_llava_row(_row("r2", dog, "No placeholder here"), image_folder=str(images))
+    assert conv["images"] == [str(folder / dog)]
+    conv = map_llava_row(_row("r2", dog, "No placeholder here"), image_folder=str(folder))
     assert conv["messages"][0]["content"] == "<image>\nNo placeholder here"
 
 
-def test_shared_openai_style_rows_map(images):
+def test_openai_style_rows_map(folder, openai_llava_files):
     from xt_llava.data import map_llava_row
 
-    for name, n_images in (("mllm_sft_single_image_example_data.jsonl", 1), ("mllm_sft_multi_image_example_data.jsonl", 2)):
-        lines = shared_path("data", "llava", name).read_text().splitlines()
+    for n_images, path in openai_llava_files.items():
+        lines = path.read_text().splitlines()
         for line in lines:
             row = json.loads(line)
-            conv = map_llava_row(row, image_folder=str(images))  # 'resource/<name>' found by its file name
+            conv = map_llava_row(row, image_folder=str(folder))  # 'resource/<name>' found by its file name
             placeholders = sum(m["content"].count("<image>") for m in conv["messages"])
             assert placeholders == len(conv["images"]) >= 1
             assert "<IMG_CONTEXT>" not in json.dumps(conv["messages"], ensure_ascii=False)
-        first = map_llava_row(json.loads(lines[0]), image_folder=str(images))
+        first = map_llava_row(json.loads(lines[0]), image_folder=str(folder))
         assert len(first["images"]) == n_images and all(Path(p).is_file() for p in first["images"])
         assert first["messages"][0]["content"].startswith("<image>\n" * n_images)
 
 
-def test_image_tokens_expand_to_the_encoder_grid(images, tmp_path):
+def test_image_tokens_expand_to_the_encoder_grid(folder, dog, tmp_path):
     import torch
     from xt_llava.encoders import clip_image_processor, clip_large_336_config, tokens_per_image
     from xt_llava.processor import make_processor
@@ -78,8 +80,8 @@ def test_image_tokens_expand_to_the_encoder_grid(images, tmp_path):
     big = make_processor(_processor().tokenizer, clip_image_processor(336), 14)
     assert big.tokens_per_image == 576
 
-    rows = [_row("img", sorted(os.listdir(images))[0]), _row("text", None, "Say hi.")]
-    dataset = _build(rows, images, tmp_path)
+    rows = [_row("img", dog), _row("text", None, "Say hi.")]
+    dataset = _build(rows, folder, tmp_path)
     processor = _processor()
     image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
     assert [s["input_ids"].count(image_id) for s in (dataset[0], dataset[1])] == [1, 0]  # one token per image
@@ -97,8 +99,7 @@ def test_image_tokens_expand_to_the_encoder_grid(images, tmp_path):
     assert torch.isfinite(out.loss)
 
 
-def test_bad_rows_fail_naming_the_row(images, tmp_path):
-    dog = sorted(os.listdir(images))[0]
+def test_bad_rows_fail_naming_the_row(folder, dog, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"this is not a jpeg")
     cases = {
@@ -108,20 +109,19 @@ def test_bad_rows_fail_naming_the_row(images, tmp_path):
     }
     for rid, (row, reason) in cases.items():
         with pytest.raises(XtError) as info:
-            _build([_row("good", dog), row], images, tmp_path)
+            _build([_row("good", dog), row], folder, tmp_path)
         message = str(info.value)
         assert rid in message and reason in message and "1 of 2 rows" in message, message
-    dataset = _build([_row("good", dog)] + [r for r, _ in cases.values()], images, tmp_path, skip_bad_rows=True)
+    dataset = _build([_row("good", dog)] + [r for r, _ in cases.values()], folder, tmp_path, skip_bad_rows=True)
     assert len(dataset) == 1 and dataset.stats["skipped"] == 3
 
 
-def test_registered_dataset_reads_the_image_folder_from_the_environment(images, monkeypatch):
+def test_registered_dataset_reads_the_image_folder_from_the_environment(folder, dog, monkeypatch):
     from xt.plugins import get_registry
 
-    dog = sorted(os.listdir(images))[0]
     spec = get_registry().get("datasets", "llava")
-    monkeypatch.setenv("XT_IMAGE_FOLDER", str(images))
-    assert spec.map_row(_row("r", dog))["images"] == [str(images / dog)]
+    monkeypatch.setenv("XT_IMAGE_FOLDER", str(folder))
+    assert spec.map_row(_row("r", dog))["images"] == [str(folder / dog)]
     monkeypatch.delenv("XT_IMAGE_FOLDER")
     from xt.specs import RowError
 

@@ -1,13 +1,12 @@
-"""Both LLaVA stages through ``xt train`` on the shared LLaVA rows, then the result outside xt.
+"""Both LLaVA stages through ``xt train`` on LLaVA-Instruct style rows, then the result outside xt.
 
-Rows of ``llava_instruct_100.json`` name COCO files that are not shipped; an image folder of
-links maps row ``i`` onto one of the two shared photos (``i % 2``), so every row has a real image.
+The rows and the two photos they show (row ``i`` shows photo ``i % 2``) are conftest's ``llava_file``
+and ``images``, made at test time.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -16,9 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import shared_path
-
-ROWS = 8
 PROMPT = "What is in the picture?"
 PLAIN_LOAD = textwrap.dedent("""
     import sys, torch
@@ -41,19 +37,9 @@ PLAIN_LOAD = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def llava_data(tmp_path_factory) -> tuple[Path, Path]:
-    """(data file with the first ROWS rows, image folder with one link per row's COCO name)."""
-    shared = shared_path("data", "llava")
-    rows = json.loads((shared / "llava_instruct_100.json").read_text())[:ROWS]
-    photos = sorted((shared / "images").iterdir())
-    root = tmp_path_factory.mktemp("llava-data")
-    folder = root / "images"
-    folder.mkdir()
-    for i, row in enumerate(rows):
-        os.symlink(photos[i % len(photos)], folder / row["image"])
-    data = root / "rows.json"
-    data.write_text(json.dumps(rows))
-    return data, folder
+def llava_data(llava_file, images) -> tuple[Path, Path]:
+    """(data file, image folder)."""
+    return llava_file, images["dog"].parent
 
 
 def _train(data: Path, folder: Path, out: Path, stage: str, monkeypatch, *extra: str) -> Path:
@@ -81,7 +67,7 @@ def _base():
 
 
 @pytest.mark.slow
-def test_pretrain_then_finetune(llava_data, tmp_path, monkeypatch):
+def test_pretrain_then_finetune(llava_data, images, tmp_path, monkeypatch):
     data, folder = llava_data
     monkeypatch.setenv("XT_IMAGE_FOLDER", str(folder))
     base = {n: p.detach().clone() for n, p in _base().named_parameters()}
@@ -102,7 +88,7 @@ def test_pretrain_then_finetune(llava_data, tmp_path, monkeypatch):
     from xt.plugins import get_registry
     from xt_llava.chat import answer, prepare_inputs
 
-    image = str(sorted(shared_path("data", "llava", "images").iterdir())[0])
+    image = str(images["dog"])
     result = tmp_path / "plain.pt"
     proc = subprocess.run([sys.executable, "-c", PLAIN_LOAD, str(pre / "final"), image, str(result), PROMPT],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)

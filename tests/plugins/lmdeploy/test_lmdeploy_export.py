@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -13,9 +12,6 @@ import pytest
 from click.testing import CliRunner
 from xt.cli import cli
 from xt.errors import XtError
-
-SHARED = Path(os.environ.get("XT_SHARED", Path(__file__).resolve().parents[3].parent / "shared")).resolve()
-BAICHUAN = SHARED / "fixtures" / "baichuan2"
 
 
 def _lmdeploy_importable() -> bool:
@@ -242,10 +238,11 @@ def test_llava_goes_to_the_pytorch_engine(tmp_path, monkeypatch, table):
     assert (out / "model.safetensors").is_file() and (out / "chat_template.json").is_file()
 
 
-def _baichuan_fixture(tmp_path: Path, variant: str) -> Path:
-    src = BAICHUAN / variant
-    if not src.is_dir():
-        pytest.skip(f"{src} is not available (set XT_SHARED)")
+def _baichuan_folder(tmp_path: Path, baichuan_checkpoint, variant: str) -> Path:
+    """A copy of an official-layout Baichuan2 folder (conftest's baichuan_checkpoint) with a tokenizer."""
+    if importlib.util.find_spec("xt_baichuan") is None:
+        pytest.skip("the xt-baichuan plugin, which builds the Baichuan2 checkpoint, is not installed")
+    src = baichuan_checkpoint(variant)
     model = tmp_path / variant
     model.mkdir()
     for name in ("config.json", "generation_config.json", "model.safetensors"):
@@ -255,14 +252,14 @@ def _baichuan_fixture(tmp_path: Path, variant: str) -> Path:
 
 
 @pytest.mark.parametrize("table", TABLES)
-def test_baichuan2_7b_is_exported_in_llama_layout_for_turbomind(tmp_path, monkeypatch, table):
+def test_baichuan2_7b_is_exported_in_llama_layout_for_turbomind(tmp_path, monkeypatch, table, baichuan_checkpoint):
     if importlib.util.find_spec("xt_baichuan") is None or importlib.util.find_spec("xt_baichuan.export") is None:
         pytest.skip("the xt-baichuan plugin's Llama-layout export is not installed")
     import torch
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
     monkeypatch.setenv("XT_LMDEPLOY_TABLE", table)
-    model = _baichuan_fixture(tmp_path, "tiny-7b-rope")
+    model = _baichuan_folder(tmp_path, baichuan_checkpoint, "tiny-7b-rope")
     run = make_run(tmp_path / "run", "baichuan2-tiny", model, "baichuan2-chat")
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["export", str(run), "--to", "lmdeploy", "--out", str(out)])
@@ -274,19 +271,17 @@ def test_baichuan2_7b_is_exported_in_llama_layout_for_turbomind(tmp_path, monkey
     template = json.loads((out / "chat_template.json").read_text())
     assert template["user"] == "<reserved_195>" and template["eoh"] == "<reserved_196>"  # ids 195 / 196
 
-    reference = json.loads((BAICHUAN / "tiny-7b-rope" / "reference.json").read_text())
-    seq = reference["sequences"]["7"]
-    ids = torch.tensor([seq["input_ids"]])
+    baichuan = AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32).eval()  # xt's native class
+    ids = torch.randint(3, baichuan.config.vocab_size, (1, 7), generator=torch.Generator().manual_seed(0))
     llama = LlamaForCausalLM.from_pretrained(str(out), dtype=torch.float32)
     with torch.no_grad():
-        last = llama(ids).logits[0, -1]
-    assert torch.allclose(last, torch.tensor(seq["logits_last_position"]), atol=1e-4)
+        assert (llama(ids).logits - baichuan(ids).logits).abs().max().item() <= 1e-5
 
 
 @pytest.mark.parametrize("table", TABLES)
-def test_baichuan2_13b_is_refused_before_anything_is_written(tmp_path, monkeypatch, table):
+def test_baichuan2_13b_is_refused_before_anything_is_written(tmp_path, monkeypatch, table, baichuan_checkpoint):
     monkeypatch.setenv("XT_LMDEPLOY_TABLE", table)
-    model = _baichuan_fixture(tmp_path, "tiny-13b-alibi")
+    model = _baichuan_folder(tmp_path, baichuan_checkpoint, "tiny-13b-alibi")
     run = make_run(tmp_path / "run", "baichuan2-tiny-13b", model, "default")
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["export", str(run), "--to", "lmdeploy", "--out", str(out)])
