@@ -76,6 +76,20 @@ def ensure_pad_token(tokenizer: Any) -> None:
             tokenizer.pad_token = tokenizer.eos_token
 
 
+def safe_pad_id(tokenizer: Any, model: Any) -> int:
+    """The tokenizer's pad id when the model can embed it, else EOS / 0 (training and generation both pad with it).
+
+    Some tokenizers name a pad token outside the model's vocabulary (Llama-2's ``<pad>`` is id 32000
+    of a 32000-row embedding); packed rows carry no attention mask and
+    left-padded generation embeds its pads too, so pads do reach the embedding.
+    """
+    rows = model.get_input_embeddings().num_embeddings if hasattr(model, "get_input_embeddings") else None
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None and (rows is None or 0 <= candidate < rows):
+            return int(candidate)
+    return 0
+
+
 def disable_bnb_avx512bf16(model: Any) -> int:
     """Turn off bitsandbytes' AVX512-BF16 CPU path on every ``Linear4bit``; returns how many were patched.
 

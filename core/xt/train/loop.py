@@ -110,19 +110,6 @@ def build_data(cfg: TrainConfig, dataset_spec: Any, template: Any, tokenizer: An
     return train, None
 
 
-def safe_pad_id(tokenizer: Any, model: Any) -> int:
-    """The tokenizer's pad id when the model can embed it, else EOS / 0.
-
-    Some tokenizers name a pad token outside the model's vocabulary (Llama-2's ``<pad>`` is id 32000
-    of a 32000-row embedding); packed rows carry no attention mask, so pads do reach the embedding.
-    """
-    rows = model.get_input_embeddings().num_embeddings if hasattr(model, "get_input_embeddings") else None
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if candidate is not None and (rows is None or 0 <= candidate < rows):
-            return int(candidate)
-    return 0
-
-
 def _to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
     return {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()}
 
@@ -140,6 +127,7 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     from xt import __version__
     from xt.data import ResumableBatchSampler
     from xt.data.pipeline import choose_template
+    from xt.model.loading import safe_pad_id
     from xt.model.saving import save_final
     from xt.model.setup import build_model, count_parameters
     from xt.plugins import get_registry
