@@ -110,6 +110,20 @@ def build_data(cfg: TrainConfig, dataset_spec: Any, template: Any, tokenizer: An
     return train, None
 
 
+def grad_l2_norm(model: Any) -> float | None:
+    """The L2 norm of all gradients held in ``param.grad`` (None when there are none).
+
+    At ZeRO-0 the gradients are already averaged over ranks after the last backward of a window, so
+    this is the global norm before clipping, as DeepSpeed reports it for ZeRO 1-3.
+    """
+    import torch
+
+    grads = [p.grad.detach().float() for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return None
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+
 def _to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
     return {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()}
 
@@ -287,10 +301,12 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
                 f"The loss became {loss} at step {step}; training stopped and the bad state was not saved. "
                 f"The last good checkpoint is in {run_dir / 'checkpoints'}; lower lr or check the data, "
                 f"then --resume.")
+        local_norm = grad_l2_norm(engine.module) if engine.zero_optimization_stage() == 0 else None
         engine.step()
         elapsed = time.perf_counter() - started
         tokens_seen += int(global_tokens)
         grad_norm = engine.get_global_grad_norm()
+        grad_norm = local_norm if grad_norm is None else grad_norm  # DeepSpeed reports none at ZeRO-0 (fp32)
         record = {"step": step, "loss": loss, "lr": lr, "tokens": int(global_tokens),
                   "tokens_per_s": global_tokens / max(elapsed, 1e-9), "epoch": sampler.epoch}
         if grad_norm is not None:
