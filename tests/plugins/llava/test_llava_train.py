@@ -140,3 +140,29 @@ def test_pretrain_then_finetune(llava_data, tmp_path, monkeypatch):
     projector = {n for n in after if "multi_modal_projector.modules_to_save" in n}
     assert projector and any(not torch.equal(after[n], before[n.replace("modules_to_save.default.", "")])
                              for n in projector)
+
+
+def test_preset_configs_name_their_architecture():
+    from xt.plugins import get_registry
+
+    for name in ("llava-tiny", "llava-vicuna-7b", "llava-1.5-7b"):
+        assert get_registry().get("models", name).config().architectures == ["LlavaForConditionalGeneration"]
+
+
+@pytest.mark.slow
+def test_lora_run_exports_to_lmdeploy(llava_data, tmp_path, monkeypatch):
+    """An adapter run has no config.json of its own: the engine is chosen from the preset's config()."""
+    from click.testing import CliRunner
+    from xt.cli import cli
+
+    data, folder = llava_data
+    run = _train(data, folder, tmp_path / "ft", "finetune", monkeypatch, "max_steps=2")
+    assert json.loads((run / "run.json").read_text())["adapter"] is True
+    out = tmp_path / "lmdeploy"
+    monkeypatch.setenv("XT_LMDEPLOY_TABLE", "builtin")
+    result = CliRunner().invoke(cli, ["export", str(run), "--to", "lmdeploy", "--out", str(out), "--set", "dtype=fp32"])
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "xt_lmdeploy.json").read_text())
+    assert (info["backend"], info["architecture"]) == ("pytorch", "LlavaForConditionalGeneration")
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlavaForConditionalGeneration"]
+    assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
