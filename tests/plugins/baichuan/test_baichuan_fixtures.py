@@ -48,7 +48,7 @@ def _sum_close(actual: float, expected: float):
 
 def test_native_class_and_variant(case):
     name, _, model, _ = case
-    from xt_baichuan.modeling_baichuan import BaichuanForCausalLM, NormHead
+    from xt_baichuan.remote_code.modeling_baichuan import BaichuanForCausalLM, NormHead
 
     assert type(model) is BaichuanForCausalLM
     assert isinstance(model.lm_head, NormHead)
@@ -176,7 +176,7 @@ def test_train_mode_loss_and_head_not_mutated(case):
 
 
 def test_alibi_slopes_match_reference():
-    from xt_baichuan.modeling_baichuan import alibi_slopes
+    from xt_baichuan.remote_code.modeling_baichuan import alibi_slopes
 
     folder = _dir("tiny-13b-alibi")
     reference = json.loads((folder / "reference.json").read_text())
