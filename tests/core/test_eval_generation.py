@@ -1,4 +1,4 @@
-"""Eval with batched generation on a tokenizer whose pad token lies outside the model's vocabulary.
+"""Eval during training: batched generation with a pad id outside the vocabulary, and how prompts are shown.
 
 Llama-2's tokenizer names ``<pad>`` as id 32000 while the model has 32000 embedding rows; batched
 generation left-pads, so it must pad with the same in-vocabulary id as training.
@@ -56,3 +56,15 @@ def test_eval_generates_in_batches_with_a_llama2_tokenizer(llama2_model, tmp_pat
     records = [json.loads(line) for line in (run_dir / "eval" / "step-1.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in records] == ["prompt", "heldout"]
     assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+
+
+def test_eval_prompts_are_shown_from_a_word_start():
+    from xt.train.evaluation import tail_words
+
+    prompt = ("Below is an instruction that describes a task. Write a response that appropriately completes "
+              "the request.\n\n### Instruction:\nDescribe a process of making crepes.\n\n### Response:\n")
+    shown = tail_words(prompt)
+    assert len(shown) <= 80 and shown.startswith("... ") and shown.endswith("### Response:")
+    first = shown[4:].split(" ")[0]
+    assert f" {first} " in " " + " ".join(prompt.split()) + " "  # a whole word, not the end of one
+    assert tail_words("2+2") == "2+2"

@@ -33,3 +33,20 @@ def test_hostfile_goes_through_deepspeeds_launcher(tmp_path):
 def test_missing_hostfile_is_one_clear_sentence(tmp_path):
     with pytest.raises(XtError, match="Hostfile .* does not exist"):
         launch_command(2, str(tmp_path / "nope"), ["train"], script="xt")
+
+
+def test_deepspeed_builds_go_under_this_environment(monkeypatch):
+    """The comm op JIT build is kept per virtual environment, not in the user's shared torch cache."""
+    import os
+    import sys
+
+    from xt.train.launch import use_per_env_extensions_dir
+
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    folder = use_per_env_extensions_dir()
+    if sys.prefix == sys.base_prefix:
+        assert folder is None and "TORCH_EXTENSIONS_DIR" not in os.environ
+    else:
+        assert folder == os.environ["TORCH_EXTENSIONS_DIR"] == os.path.join(sys.prefix, ".cache", "torch_extensions")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/elsewhere")
+    assert use_per_env_extensions_dir() == "/elsewhere"  # the user's own setting wins

@@ -137,7 +137,7 @@ def _build(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, options
     if lengths is None or not len(lengths):
         raise XtError(f"No sample of dataset '{dataset.name}' is left after the length policy "
                       f"({counts['dropped']} longer than max_length {options.max_length} dropped, "
-                      f"{counts['no_labels']} without reply tokens after truncation); raise --max-length.")
+                      f"{counts['no_labels']} without reply tokens after truncation); raise max_length (xt train --set max_length=N, xt data --max-length N).")
     length_list = lengths.tolist()
     rows = pack_best_fit(length_list, options.max_length) if options.pack else [[i] for i in range(len(length_list))]
     stats: dict[str, Any] = {

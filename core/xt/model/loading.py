@@ -9,6 +9,20 @@ from typing import Any
 from xt.errors import XtError
 
 ATTN_CHOICES = ("auto", "sdpa", "eager", "flash_attention_2")
+#: bitsandbytes' logger that warns, on AVX512-BF16 CPUs, that its hub kernel for that path is missing.
+BNB_CPU_KERNEL_LOGGER = "bitsandbytes.backends.cpu.ops"
+
+
+def quiet_bnb_cpu_kernel_warning() -> None:
+    """Hide that warning: peft imports bitsandbytes in every run, quantized or not, and xt switches the
+    AVX512-BF16 path off on every ``Linear4bit`` anyway (:func:`disable_bnb_avx512bf16`), so the
+    missing kernel is never used. Errors from that logger still show."""
+    import logging
+
+    logging.getLogger(BNB_CPU_KERNEL_LOGGER).setLevel(logging.ERROR)
+
+
+quiet_bnb_cpu_kernel_warning()
 
 
 def flash_attn_available() -> bool:

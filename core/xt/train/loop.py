@@ -135,6 +135,9 @@ def _real_tokens(batch: dict[str, Any]) -> int:
 
 def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool = False) -> Path:
     """Train as ``cfg`` says; returns the run directory. Runs the same on 1 or N processes."""
+    from xt.train.launch import use_per_env_extensions_dir
+
+    use_per_env_extensions_dir()  # before DeepSpeed builds its comm op
     import deepspeed
     from tqdm.auto import tqdm
 
@@ -148,7 +151,14 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     from xt.run import RunInfo
     from xt.train.checkpoint import load_checkpoint, save_checkpoint
     from xt.train.dist import all_reduce_sum, barrier, broadcast_object, init_distributed
-    from xt.train.evaluation import batch_loss_sum, heldout_prompts, label_tokens, run_generation_eval, validation_loss
+    from xt.train.evaluation import (
+        batch_loss_sum,
+        heldout_prompts,
+        label_tokens,
+        run_generation_eval,
+        tail_words,
+        validation_loss,
+    )
     from xt.train.metrics import MetricsLog, plot_loss
     from xt.train.optim import build_ds_config, make_optimizer, make_scheduler
 
@@ -248,7 +258,7 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
                 record["eval_accuracy"] = result["accuracy"]
             if main:
                 for r in result.get("records", [])[:4]:
-                    tqdm.write(f"[eval step {step}] {r['prompt'][-80:]!r} -> {r['prediction'][:120]!r}",
+                    tqdm.write(f"[eval step {step}] {tail_words(r['prompt'])!r} -> {r['prediction'][:120]!r}",
                                file=sys.stderr)
         if main and len(record) > 1:
             parts = [f"eval_loss: {record['eval_loss']:.4f}"] if "eval_loss" in record else []
