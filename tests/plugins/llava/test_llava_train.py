@@ -166,3 +166,22 @@ def test_lora_run_exports_to_lmdeploy(llava_data, tmp_path, monkeypatch):
     assert (info["backend"], info["architecture"]) == ("pytorch", "LlavaForConditionalGeneration")
     assert json.loads((out / "config.json").read_text())["architectures"] == ["LlavaForConditionalGeneration"]
     assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
+
+
+@pytest.mark.parametrize("stage", [None, "pretrain", "finetune"])
+@pytest.mark.parametrize("method", [None, "lora", "qlora", "full"])
+def test_dry_run_trainable_count_equals_the_real_model(stage, method):
+    """The plan's trainable count is the real model's requires_grad count, for every stage and method."""
+    from xt.config import resolve_config
+    from xt.model.setup import build_model, count_parameters
+    from xt.plugins import get_registry
+    from xt.train.plan import count_for_run
+
+    cfg = resolve_config(None, {"model": "llava-tiny", "dataset": "llava", "stage": stage, "method": method}, [])
+    spec = get_registry().resolve_model("llava-tiny")
+    planned = count_for_run(spec.config(), cfg, spec)
+    total, trainable = count_parameters(build_model(cfg, spec).model)
+    assert planned.trainable == trainable
+    assert planned.total == 486_464 and planned.hidden_size == 64 and planned.num_layers == 2
+    if stage == "pretrain" and method is None:
+        assert trainable == 6_272  # the projector only
