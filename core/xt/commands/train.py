@@ -68,7 +68,7 @@ def train_command(config_file: str | None, config_opt: str | None, model: str | 
 
     from xt.train.launch import already_launched, relaunch, use_per_env_extensions_dir
 
-    world = int(os.environ.get("WORLD_SIZE", nproc or 1))
+    world = nproc or int(os.environ.get("WORLD_SIZE", 1))  # launched ranks get no --nproc (stripped)
     if dry_run:
         from xt.train.plan import plan
 
