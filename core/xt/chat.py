@@ -265,9 +265,11 @@ def _generate_locally(model: Any, tokenizer: Any, prompt_ids: list[int], stop_id
     """Plain ``model.generate`` with the streamer stopping on stop words (when xt.generation is absent)."""
     import torch
 
+    from xt.model.loading import safe_pad_id
+
     device = next(model.parameters()).device
     input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    pad_id = safe_pad_id(tokenizer, model)
     gen_kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "eos_token_id": stop_ids, "pad_token_id": pad_id,
                                   "streamer": streamer, "stopping_criteria": _stopping_criteria(streamer)}
     if temperature > 0:

@@ -84,9 +84,11 @@ def generate_from_ids(model: Any, tokenizer: Any, template: TemplateSpec, prompt
     import torch
     from transformers import GenerationConfig
 
+    from xt.model.loading import safe_pad_id
+
     stop_words = tuple(dict.fromkeys([*template.stop_words, *stop_words]))
     stop_ids = template.stop_token_ids(tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    pad_id = safe_pad_id(tokenizer, model)
     prompts = [list(p) for p in prompts]
     width = max(len(p) for p in prompts)
     try:

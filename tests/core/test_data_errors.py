@@ -97,9 +97,10 @@ def test_length_policies(tmp_path, sp_tokenizer):
     path2 = _write(tmp_path / "prompt.json", [GOOD, long_prompt])
     res = build_dataset(alpaca_spec([path2]), template, sp_tokenizer, DataOptions(max_length=32, use_cache=False))
     assert res.stats["dropped_no_labels"] == 1 and res.stats["samples"] == 1
-    with pytest.raises(XtError, match="No sample .* left"):
+    with pytest.raises(XtError, match="No sample .* left") as err:
         build_dataset(alpaca_spec([path2]), template, sp_tokenizer,
                       DataOptions(max_length=4, length_policy="drop", use_cache=False))
+    assert "--set max_length=N" in str(err.value)  # the option xt train really has
 
 
 def test_hub_unreachable_fails_fast(monkeypatch):

@@ -12,9 +12,9 @@ from xt.data.layout import attention_weight, choose_layout, grouped_cost, packed
 from xt.plugins import get_registry
 
 try:
-    from .test_data_support import TEST_DATASET, TEST_MODEL, alpaca_spec, llama_tokenizer, register_test_plugin
+    from .test_data_support import TEST_DATASET, TEST_MODEL, alpaca_spec, register_test_plugin
 except ImportError:
-    from test_data_support import TEST_DATASET, TEST_MODEL, alpaca_spec, llama_tokenizer, register_test_plugin
+    from test_data_support import TEST_DATASET, TEST_MODEL, alpaca_spec, register_test_plugin
 
 
 def test_costs_match_a_hand_count():
@@ -55,18 +55,18 @@ def test_attention_weight_counts_hidden_layers_and_parameters():
     assert attention_weight(model) == pytest.approx(2 * 64 * 3 / parameters, rel=1e-6)
 
 
-def test_auto_layout_in_the_pipeline_and_in_xt_data_stats(tmp_path):
+def test_auto_layout_in_the_pipeline_and_in_xt_data_stats(tmp_path, sp_tokenizer, alpaca_file):
     template = get_registry().get("templates", "default")
     options = DataOptions(max_length=1024, pack="auto", micro_batch_size=2, attention_weight=0.001,
                           cache_dir=str(tmp_path / "cache"))
-    built = build_dataset(alpaca_spec(), template, llama_tokenizer(), options)
+    built = build_dataset(alpaca_spec([alpaca_file]), template, sp_tokenizer, options)
     assert built.stats["layout"] == "packed" and built.stats["packed"]
     assert built.stats["layout_choice"]["cost_packed"] < built.stats["layout_choice"]["cost_grouped"]
-    forced = build_dataset(alpaca_spec(), template, llama_tokenizer(),
+    forced = build_dataset(alpaca_spec([alpaca_file]), template, sp_tokenizer,
                            DataOptions(max_length=1024, pack=False, use_cache=False))
     assert forced.stats["layout"] == "single" and forced.stats["layout_choice"] is None
 
-    register_test_plugin()
+    register_test_plugin(sp_tokenizer, alpaca_file)
     res = CliRunner().invoke(cli, ["data", "stats", "--dataset", TEST_DATASET, "--model", TEST_MODEL,
                                    "--max-length", "1024", "--auto-layout", "--micro-batch-size", "2"],
                              env={"XT_CACHE_DIR": str(tmp_path / "cli-cache")})

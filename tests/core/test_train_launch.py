@@ -55,3 +55,20 @@ def test_node_rank_problems_are_one_clear_sentence(tmp_path):
         launch_command(1, str(hosts), ["train"], script="xt", node_rank=0)
     with pytest.raises(XtError, match="--node-rank needs --hostfile"):
         launch_command(1, None, ["train"], script="xt", node_rank=0)
+
+
+def test_deepspeed_builds_go_under_this_environment(monkeypatch):
+    """The comm op JIT build is kept per virtual environment, not in the user's shared torch cache."""
+    import os
+    import sys
+
+    from xt.train.launch import use_per_env_extensions_dir
+
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    folder = use_per_env_extensions_dir()
+    if sys.prefix == sys.base_prefix:
+        assert folder is None and "TORCH_EXTENSIONS_DIR" not in os.environ
+    else:
+        assert folder == os.environ["TORCH_EXTENSIONS_DIR"] == os.path.join(sys.prefix, ".cache", "torch_extensions")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/elsewhere")
+    assert use_per_env_extensions_dir() == "/elsewhere"  # the user's own setting wins

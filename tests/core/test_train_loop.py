@@ -176,3 +176,42 @@ def test_pack_auto_trains_on_the_chosen_layout(workdir, model_dir, monkeypatch, 
                   pack="auto", data_cache_dir=str(workdir / f"cache-auto-{layout}"))
     assert grouping == [layout == "grouped"]  # length-grouped batches exactly when the layout is not packed
     assert len(losses(run_dir)) == 3 and all(loss == loss for loss in losses(run_dir))
+
+
+def _independent_grad_norm(model_dir: Path) -> float:
+    """Global L2 gradient norm of the mean token loss over all 80 training rows, in plain torch."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from xt.plugins import get_registry
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    from test_train_support import map_sum_row, sum_rows
+
+    template = get_registry().get("templates", "default")
+    encoded = [template.encode(map_sum_row(r), tokenizer) for r in sum_rows("train")]
+    total = None
+    tokens = 0
+    for sample in encoded:
+        ids = torch.tensor([sample["input_ids"]])
+        labels = torch.tensor([sample["labels"]])[:, 1:]
+        logits = model(input_ids=ids).logits[:, :-1]
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100,
+                               reduction="sum")
+        total = loss if total is None else total + loss
+        tokens += int((labels != -100).sum())
+    (total / tokens).backward()
+    return float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters())))
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_grad_norm_is_logged_at_every_zero_stage(workdir, model_dir, stage):
+    """One step over all 80 rows: the logged norm is the global norm of the full-batch gradient."""
+    run_dir = run(workdir, f"gn-z{stage}", model_dir, method="full", zero_stage=stage, max_steps=1, pack=False,
+                  micro_batch_size=80, save_total_limit=0)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = [r["grad_norm"] for r in records if "grad_norm" in r]
+    assert len(logged) == 1 and logged[0] > 0
+    expected = _independent_grad_norm(model_dir)
+    assert logged[0] == pytest.approx(expected, rel=1e-4), (logged[0], expected)

@@ -70,15 +70,16 @@ def train_command(config_file: str | None, config_opt: str | None, model: str | 
         cfg.output = str(Path(resume_value)) if (Path(resume_value) / "config.yaml").is_file() \
             else str(Path(resume_value).parent.parent)
 
-    from xt.train.launch import already_launched, relaunch
+    from xt.train.launch import already_launched, relaunch, use_per_env_extensions_dir
 
-    world = int(os.environ.get("WORLD_SIZE", nproc or 1))
+    world = nproc or int(os.environ.get("WORLD_SIZE", 1))  # launched ranks get no --nproc (stripped)
     if dry_run:
         from xt.train.plan import plan
 
         click.echo(plan(cfg, world=world))
         return
     if (nproc and nproc > 1 or hostfile or node_rank is not None) and not already_launched():
+        use_per_env_extensions_dir()  # the launched processes inherit it
         sys.exit(relaunch(nproc or 1, hostfile, node_rank=node_rank, master_addr=master_addr,
                           master_port=master_port))
     from xt.train.loop import train

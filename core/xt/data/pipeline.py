@@ -152,7 +152,7 @@ def _build(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, options
     if lengths is None or not len(lengths):
         raise XtError(f"No sample of dataset '{dataset.name}' is left after the length policy "
                       f"({counts['dropped']} longer than max_length {options.max_length} dropped, "
-                      f"{counts['no_labels']} without reply tokens after truncation); raise --max-length.")
+                      f"{counts['no_labels']} without reply tokens after truncation); raise max_length (xt train --set max_length=N, xt data --max-length N).")
     length_list = lengths.tolist()
     choice = choose_layout(length_list, options.max_length, options.micro_batch_size, options.attention_weight,
                            options.seed) if options.pack == "auto" else None

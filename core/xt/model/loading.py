@@ -9,6 +9,20 @@ from typing import Any
 from xt.errors import XtError
 
 ATTN_CHOICES = ("auto", "sdpa", "eager", "flash_attention_2")
+#: bitsandbytes' logger that warns, on AVX512-BF16 CPUs, that its hub kernel for that path is missing.
+BNB_CPU_KERNEL_LOGGER = "bitsandbytes.backends.cpu.ops"
+
+
+def quiet_bnb_cpu_kernel_warning() -> None:
+    """Hide that warning: peft imports bitsandbytes in every run, quantized or not, and xt switches the
+    AVX512-BF16 path off on every ``Linear4bit`` anyway (:func:`disable_bnb_avx512bf16`), so the
+    missing kernel is never used. Errors from that logger still show."""
+    import logging
+
+    logging.getLogger(BNB_CPU_KERNEL_LOGGER).setLevel(logging.ERROR)
+
+
+quiet_bnb_cpu_kernel_warning()
 
 
 def flash_attn_available() -> bool:
@@ -74,6 +88,20 @@ def ensure_pad_token(tokenizer: Any) -> None:
             tokenizer.pad_token = tokenizer.unk_token
         elif getattr(tokenizer, "eos_token", None) is not None:
             tokenizer.pad_token = tokenizer.eos_token
+
+
+def safe_pad_id(tokenizer: Any, model: Any) -> int:
+    """The tokenizer's pad id when the model can embed it, else EOS / 0 (training and generation both pad with it).
+
+    Some tokenizers name a pad token outside the model's vocabulary (Llama-2's ``<pad>`` is id 32000
+    of a 32000-row embedding); packed rows carry no attention mask and
+    left-padded generation embeds its pads too, so pads do reach the embedding.
+    """
+    rows = model.get_input_embeddings().num_embeddings if hasattr(model, "get_input_embeddings") else None
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None and (rows is None or 0 <= candidate < rows):
+            return int(candidate)
+    return 0
 
 
 def disable_bnb_avx512bf16(model: Any) -> int:

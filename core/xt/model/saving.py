@@ -83,6 +83,38 @@ def _gathered(model: Any, zero3: bool, only_trainable: bool) -> Any:
     return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
 
+def preset_base_note(name: str) -> str | None:
+    """How to rebuild the base of an adapter whose base is an xt preset built in memory, else None."""
+    from xt.errors import XtError
+    from xt.plugins import get_registry
+
+    if Path(os.path.expanduser(name)).exists():
+        return None
+    try:
+        spec = get_registry().resolve_model(name)
+    except XtError:
+        return None
+    if spec.source is not None:
+        return None
+    return (f"The base model `{name}` is an xt preset built in memory (registered by the plugin "
+            f"`{spec.plugin or 'xt-core'}`), not a download or a folder. Rebuild it with xt installed: "
+            f"`get_registry().resolve_model('{name}').load_model(None)` (`from xt.plugins import get_registry`); "
+            f"or write base and adapter merged into one folder that plain transformers loads: "
+            f"`xt export RUN --to hf --out DIR`.")
+
+
+def _adapter_base_note(model: Any) -> str | None:
+    config = getattr(model, "peft_config", {}).get("default")
+    return preset_base_note(str(getattr(config, "base_model_name_or_path", "") or ""))
+
+
+def _append_readme(folder: Path, note: str) -> None:
+    """Add a "Base model" section with ``note`` to the adapter's README.md (PEFT's model card)."""
+    readme = folder / "README.md"
+    text = readme.read_text() if readme.is_file() else ""
+    readme.write_text(text.rstrip() + ("\n\n" if text else "") + "## Base model\n\n" + note + "\n")
+
+
 def save_final(model: Any, tokenizer: Any, template: TemplateSpec, out_dir: str | os.PathLike, *,
                adapter: bool, zero3: bool = False, rank: int = 0) -> Path:
     """Save the trained model as a Hugging Face folder; every rank calls it (ZeRO-3 gathers collectively).
@@ -91,13 +123,16 @@ def save_final(model: Any, tokenizer: Any, template: TemplateSpec, out_dir: str 
     """
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".tmp")
+    base_note = _adapter_base_note(model) if adapter and rank == 0 else None
     with _gathered(model, zero3, only_trainable=adapter):
         if rank == 0:
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
             if adapter:
-                model.save_pretrained(str(tmp), safe_serialization=True)
+                # a preset base has no config to look up (PEFT would try the hub): embeddings unchanged
+                no_lookup = {"save_embedding_layers": False} if base_note else {}
+                model.save_pretrained(str(tmp), safe_serialization=True, **no_lookup)
             else:
                 state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
                 use_cache = getattr(model.config, "use_cache", None)
@@ -109,6 +144,8 @@ def save_final(model: Any, tokenizer: Any, template: TemplateSpec, out_dir: str 
     if rank == 0:
         base = model.get_base_model() if adapter and hasattr(model, "get_base_model") else model
         write_tokenizer_files(tmp, tokenizer, template, getattr(base, "generation_config", None))
+        if base_note:
+            _append_readme(tmp, base_note)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -140,15 +140,30 @@ def build_model(cfg: Any, spec: Any, tokenizer: Any = None) -> LoadedModel:
     model = load_base_model(cfg, spec, source, dtype, attn)
     if getattr(model, "config", None) is not None:
         model.config.use_cache = False
-    adapter = cfg.method in ("lora", "qlora")
-    if adapter:
+    model = make_trainable(model, cfg, spec, source)
+    disable_bnb_avx512bf16(model)
+    total, trainable = count_parameters(model)
+    if trainable == 0:
+        raise XtError("No parameter is trainable; check method, train_patterns and freeze_patterns.")
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source, dtype=dtype, attn=attn,
+                       adapter=cfg.method in ("lora", "qlora"))
+
+
+def make_trainable(model: Any, cfg: Any, spec: Any, source: str | None, *, planning: bool = False) -> Any:
+    """LoRA / QLoRA adapters or full training, then ``train_patterns`` / ``freeze_patterns``.
+
+    ``planning``: ``model`` is a meta-device copy for ``--dry-run`` (unquantized, so no k-bit
+    preparation and no checkpointing); the trainable parameters come out exactly as in a run.
+    """
+    if cfg.method in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-        if cfg.method == "qlora" or cfg.load_in_8bit:
+        quantized = cfg.method == "qlora" or cfg.load_in_8bit
+        if quantized and not planning:
             model = prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=cfg.gradient_checkpointing,
                 gradient_checkpointing_kwargs={"use_reentrant": False})
-        elif cfg.gradient_checkpointing:
+        elif cfg.gradient_checkpointing and not planning:
             enable_gradient_checkpointing(model, peft=True)
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=_lora_targets(cfg, spec), modules_to_save=cfg.modules_to_save or None,
@@ -158,21 +173,17 @@ def build_model(cfg: Any, spec: Any, tokenizer: Any = None) -> LoadedModel:
         except ValueError as exc:
             raise XtError(f"LoRA could not be applied to '{cfg.model}': {exc} Set lora_targets to module names "
                           f"of this model.") from exc
-        if source is not None:
-            model.peft_config["default"].base_model_name_or_path = str(source)
+        # a preset built in memory has no folder: record its name (never a temporary folder or null)
+        model.peft_config["default"].base_model_name_or_path = str(source) if source is not None else cfg.model
     else:
-        if cfg.gradient_checkpointing:
+        if cfg.gradient_checkpointing and not planning:
             enable_gradient_checkpointing(model, peft=False)
         for param in model.parameters():
             if param.is_floating_point():
                 param.requires_grad_(True)
     if cfg.train_patterns or cfg.freeze_patterns:
         apply_patterns(model, cfg.train_patterns, cfg.freeze_patterns)
-    disable_bnb_avx512bf16(model)
-    total, trainable = count_parameters(model)
-    if trainable == 0:
-        raise XtError("No parameter is trainable; check method, train_patterns and freeze_patterns.")
-    return LoadedModel(model=model, tokenizer=tokenizer, source=source, dtype=dtype, attn=attn, adapter=adapter)
+    return model
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

@@ -109,6 +109,17 @@ def validation_loss(model: Any, dataset: Any, collate: Any, batch_size: int, dev
     return total / max(tokens, 1.0)
 
 
+def tail_words(text: str, width: int = 80) -> str:
+    """The end of ``text`` in at most ``width`` characters, starting at a word ("..." marks the cut)."""
+    text = " ".join(text.split())
+    if len(text) <= width:
+        return text
+    tail = text[len(text) - width + 4:]
+    if not text[len(text) - width + 3].isspace() and " " in tail:
+        tail = tail.split(" ", 1)[1]  # the cut fell inside a word: start at the next one
+    return "... " + tail.lstrip()
+
+
 def run_generation_eval(model: Any, tokenizer: Any, template: Any, *, prompts: Sequence[str],
                         heldout: Sequence[tuple[list[int], list[int]]], scorer: Any, max_new_tokens: int,
                         out_file: Path | None, synced_gpus: bool, step: int) -> dict[str, Any]:

@@ -19,6 +19,21 @@ LAUNCHED_ENV = "XT_LAUNCHED"
 LAUNCH_OPTIONS = ("--nproc", "--hostfile", "--node-rank", "--master-addr", "--master-port")
 
 
+def use_per_env_extensions_dir() -> str | None:
+    """Point DeepSpeed's JIT builds (the CPU comm op) at ``<venv>/.cache/torch_extensions`` unless set.
+
+    torch's default, ``~/.cache/torch_extensions``, is shared by every environment of the user, so an op
+    built against one torch would be picked up by another. Outside a virtual environment, or when the
+    prefix is not writable, torch's default stays. Returns the folder in use (None: torch's default).
+    """
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return os.environ["TORCH_EXTENSIONS_DIR"]
+    if sys.prefix == sys.base_prefix or not os.access(sys.prefix, os.W_OK):
+        return None
+    os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join(sys.prefix, ".cache", "torch_extensions")
+    return os.environ["TORCH_EXTENSIONS_DIR"]
+
+
 def strip_launch_options(argv: Sequence[str]) -> list[str]:
     """The command-line arguments without the launch options (``--nproc``, ``--hostfile`` ...) and their values."""
     out: list[str] = []

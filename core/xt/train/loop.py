@@ -110,17 +110,18 @@ def build_data(cfg: TrainConfig, dataset_spec: Any, template: Any, tokenizer: An
     return train, None
 
 
-def safe_pad_id(tokenizer: Any, model: Any) -> int:
-    """The tokenizer's pad id when the model can embed it, else EOS / 0.
+def grad_l2_norm(model: Any) -> float | None:
+    """The L2 norm of all gradients held in ``param.grad`` (None when there are none).
 
-    Some tokenizers name a pad token outside the model's vocabulary (Llama-2's ``<pad>`` is id 32000
-    of a 32000-row embedding); packed rows carry no attention mask, so pads do reach the embedding.
+    At ZeRO-0 the gradients are already averaged over ranks after the last backward of a window, so
+    this is the global norm before clipping, as DeepSpeed reports it for ZeRO 1-3.
     """
-    rows = model.get_input_embeddings().num_embeddings if hasattr(model, "get_input_embeddings") else None
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if candidate is not None and (rows is None or 0 <= candidate < rows):
-            return int(candidate)
-    return 0
+    import torch
+
+    grads = [p.grad.detach().float() for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return None
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
 
 
 def _to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
@@ -134,6 +135,9 @@ def _real_tokens(batch: dict[str, Any]) -> int:
 
 def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool = False) -> Path:
     """Train as ``cfg`` says; returns the run directory. Runs the same on 1 or N processes."""
+    from xt.train.launch import use_per_env_extensions_dir
+
+    use_per_env_extensions_dir()  # before DeepSpeed builds its comm op
     import deepspeed
     from tqdm.auto import tqdm
 
@@ -141,13 +145,21 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     from xt.data import ResumableBatchSampler
     from xt.data.layout import attention_weight
     from xt.data.pipeline import choose_template
+    from xt.model.loading import safe_pad_id
     from xt.model.saving import save_final
     from xt.model.setup import build_model, count_parameters
     from xt.plugins import get_registry
     from xt.run import RunInfo
     from xt.train.checkpoint import load_checkpoint, save_checkpoint
     from xt.train.dist import all_reduce_sum, barrier, broadcast_object, init_distributed
-    from xt.train.evaluation import batch_loss_sum, heldout_prompts, label_tokens, run_generation_eval, validation_loss
+    from xt.train.evaluation import (
+        batch_loss_sum,
+        heldout_prompts,
+        label_tokens,
+        run_generation_eval,
+        tail_words,
+        validation_loss,
+    )
     from xt.train.metrics import MetricsLog, plot_loss
     from xt.train.optim import build_ds_config, make_optimizer, make_scheduler
 
@@ -250,7 +262,7 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
             if main:
                 metrics.log_samples(result.get("records", []), step)
                 for r in result.get("records", [])[:4]:
-                    tqdm.write(f"[eval step {step}] {r['prompt'][-80:]!r} -> {r['prediction'][:120]!r}",
+                    tqdm.write(f"[eval step {step}] {tail_words(r['prompt'])!r} -> {r['prediction'][:120]!r}",
                                file=sys.stderr)
         if main and len(record) > 1:
             parts = [f"eval_loss: {record['eval_loss']:.4f}"] if "eval_loss" in record else []
@@ -303,10 +315,12 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
                 f"The loss became {loss} at step {step}; training stopped and the bad state was not saved. "
                 f"The last good checkpoint is in {run_dir / 'checkpoints'}; lower lr or check the data, "
                 f"then --resume.")
+        local_norm = grad_l2_norm(engine.module) if engine.zero_optimization_stage() == 0 else None
         engine.step()
         elapsed = time.perf_counter() - started
         tokens_seen += int(global_tokens)
         grad_norm = engine.get_global_grad_norm()
+        grad_norm = local_norm if grad_norm is None else grad_norm  # DeepSpeed reports none at ZeRO-0 (fp32)
         record = {"step": step, "loss": loss, "lr": lr, "tokens": int(global_tokens),
                   "tokens_per_s": global_tokens / max(elapsed, 1e-9), "epoch": sampler.epoch,
                   "cpu_s": time.process_time() - started_cpu}

@@ -49,11 +49,11 @@ def _load_source(path: Path) -> tuple[Any, Path | None]:
     if raw.get("model_type") != "baichuan":
         raise XtError(f"'{path}' is a {raw.get('model_type')!r} model, not Baichuan2 (model_type baichuan).")
     from xt_baichuan.auto import register
-    from xt_baichuan.configuration_baichuan import BaichuanConfig
+    from xt_baichuan.remote_code.configuration_baichuan import BaichuanConfig
 
     register()
     _refuse_alibi(BaichuanConfig.from_pretrained(path))
-    from xt_baichuan.modeling_baichuan import BaichuanForCausalLM
+    from xt_baichuan.remote_code.modeling_baichuan import BaichuanForCausalLM
 
     return BaichuanForCausalLM.from_pretrained(path, dtype="auto"), path
 

@@ -33,7 +33,7 @@ def _register() -> None:
 def real_config(variant: str) -> Any:
     """The architecture of Baichuan2-7B (``"7b"``, RoPE) or -13B (``"13b"``, ALiBi), offline."""
     _register()
-    from xt_baichuan.configuration_baichuan import BaichuanConfig
+    from xt_baichuan.remote_code.configuration_baichuan import BaichuanConfig
 
     values = dict(REAL_CONFIGS[variant])
     values["architectures"] = ["BaichuanForCausalLM"]
@@ -62,7 +62,7 @@ def load_pretrained(source: str | os.PathLike | None, **kwargs: Any) -> Any:
     """A Baichuan2 checkpoint (hub id or folder, official layout; safetensors or sharded .bin)."""
     path = _check_source(source, "model")
     _register()
-    from xt_baichuan.modeling_baichuan import BaichuanForCausalLM
+    from xt_baichuan.remote_code.modeling_baichuan import BaichuanForCausalLM
 
     if os.path.isdir(path):
         config_file = os.path.join(path, "config.json")
@@ -76,9 +76,15 @@ def load_pretrained(source: str | os.PathLike | None, **kwargs: Any) -> Any:
 def load_tokenizer(source: str | os.PathLike | None, **kwargs: Any) -> Any:
     """Baichuan2's SentencePiece tokenizer from a folder with ``tokenizer.model`` (or a hub id)."""
     path = _check_source(source, "tokenizer")
-    from xt_baichuan.tokenization_baichuan import load_baichuan_tokenizer
+    _register()
+    from xt_baichuan.remote_code.tokenization_baichuan import BaichuanTokenizer
 
-    return load_baichuan_tokenizer(path, **kwargs)
+    if os.path.isfile(path):  # the tokenizer.model file itself
+        return BaichuanTokenizer(vocab_file=path, **kwargs)
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "tokenizer.model")):
+        raise XtError(f"No tokenizer.model in '{path}'; Baichuan2 needs its SentencePiece file there "
+                      f"(copy it from the official checkpoint).")
+    return BaichuanTokenizer.from_pretrained(path, **kwargs)
 
 
 # --------------------------------------------------------------------------- tiny presets
@@ -94,7 +100,7 @@ def tiny_tokenizer(source: Any = None) -> Any:
 def tiny_config(variant: str = "7b", config_overrides: dict[str, Any] | None = None) -> Any:
     """A small random-init Baichuan2 config (``"7b"``: RoPE, ``"13b"``: ALiBi) sized to the tiny tokenizer."""
     _register()
-    from xt_baichuan.configuration_baichuan import BaichuanConfig
+    from xt_baichuan.remote_code.configuration_baichuan import BaichuanConfig
 
     values: dict[str, Any] = dict(TINY_SIZES)
     values["vocab_size"] = len(tiny_tokenizer())
@@ -124,7 +130,7 @@ def load_tiny(variant: str, source: Any = None, config_overrides: dict[str, Any]
     config = tiny_config(variant, config_overrides)
     if source is not None and os.path.isdir(os.fspath(source)):
         return load_pretrained(source, **kwargs)  # --model-path given: a saved tiny model
-    from xt_baichuan.modeling_baichuan import BaichuanForCausalLM
+    from xt_baichuan.remote_code.modeling_baichuan import BaichuanForCausalLM
 
     dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
     if isinstance(dtype, str) and dtype != "auto":

@@ -47,6 +47,7 @@ def answer(model: Any, processor: Any, template: Any, image: str, messages: Sequ
     """The reply to ``messages`` (ending with a user turn) about the image at ``image``."""
     import torch
     from xt.generation import _clean, preserved_training_state
+    from xt.model.loading import safe_pad_id
 
     from xt_llava.processor import as_llava_processor
 
@@ -58,9 +59,8 @@ def answer(model: Any, processor: Any, template: Any, image: str, messages: Sequ
         device = torch.device("cpu")
     inputs = {k: v.to(device) for k, v in inputs.items()}
     stop_ids = template.stop_token_ids(processor)
-    pad_id = processor.tokenizer.pad_token_id
     kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "eos_token_id": stop_ids,
-                              "pad_token_id": pad_id if pad_id is not None else stop_ids[0]}
+                              "pad_token_id": safe_pad_id(processor.tokenizer, model)}
     if temperature > 0:
         kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
     else:

@@ -27,6 +27,8 @@ HF_KWARGS = ("dtype", "torch_dtype", "attn_implementation", "quantization_config
 MODEL_ARGS = ("llm", "llm_path", "vision_encoder", "vision_encoder_path", "projector", "projector_depth",
               "vision_feature_layer", "seed")
 PROJECTOR_DEPTH = 2
+#: The transformers class every llava model of this plugin is (named in the configs ``config()`` returns).
+ARCHITECTURE = "LlavaForConditionalGeneration"
 TINY_SEED = 4321
 #: Why an LLM family cannot sit inside a Hugging Face llava checkpoint (model_type -> reason).
 UNEXPRESSIBLE = {
@@ -395,7 +397,8 @@ def llava_config(recipe: Recipe) -> Any:
         text_config.vocab_size = -(-(int(text_config.vocab_size) + 1) // 64) * 64  # <image> added, padded to 64
     return LlavaConfig(vision_config=copy.deepcopy(encoder.config), text_config=text_config,
                        image_token_id=int(text_config.vocab_size) - 1, image_seq_length=tokens_per_image(encoder.config),
-                       projector_hidden_act="gelu", vision_feature_layer=-2, vision_feature_select_strategy="default")
+                       projector_hidden_act="gelu", vision_feature_layer=-2, vision_feature_select_strategy="default",
+                       architectures=[ARCHITECTURE])
 
 
 # --------------------------------------------------------------------------- the pretrained projector
@@ -470,4 +473,4 @@ def vicuna_7b_llava_config() -> Any:
                        num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5)
     return LlavaConfig(vision_config=clip_large_336_config(), text_config=text, image_token_id=32000,
                        image_seq_length=576, projector_hidden_act="gelu", vision_feature_layer=-2,
-                       vision_feature_select_strategy="default")
+                       vision_feature_select_strategy="default", architectures=[ARCHITECTURE])

@@ -62,6 +62,9 @@ BUILTIN_REMOVED = {
 
 BAICHUAN_ARCHS = ("BaichuanForCausalLM", "BaiChuanForCausalLM")
 HF_ALTERNATIVE = "export with 'xt export RUN --to hf' and serve the folder with transformers or vLLM instead"
+#: A Baichuan2 folder ships its own modeling code (xt-baichuan), which transformers runs when trusted.
+BAICHUAN_HF_ALTERNATIVE = ("export with 'xt export RUN --to hf' and serve the folder with transformers "
+                           "(trust_remote_code=True loads the modeling code shipped in it) instead")
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,7 @@ def route(config: dict[str, Any], tables: SupportTables | None = None) -> Route:
         if baichuan_uses_alibi(config):
             raise XtError(
                 f"LMDeploy {tables.version} cannot serve Baichuan2-13B (ALiBi attention is not supported by TurboMind "
-                f"and Baichuan was dropped from the PyTorch engine); {HF_ALTERNATIVE}.")
+                f"and Baichuan was dropped from the PyTorch engine); {BAICHUAN_HF_ALTERNATIVE}.")
         served, convert = "LlamaForCausalLM", "baichuan-llama"  # 7B: same weights in the Llama layout
     if served in tables.turbomind:
         return Route("turbomind", arch, served, convert, tables.source)

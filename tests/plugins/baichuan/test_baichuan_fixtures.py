@@ -50,7 +50,7 @@ def _sum_close(actual: float, expected: float):
 
 def check_native_class_and_variant(case):
     name, _, model, _ = case
-    from xt_baichuan.modeling_baichuan import BaichuanForCausalLM, NormHead
+    from xt_baichuan.remote_code.modeling_baichuan import BaichuanForCausalLM, NormHead
 
     assert type(model) is BaichuanForCausalLM
     assert isinstance(model.lm_head, NormHead)
@@ -177,7 +177,7 @@ def check_train_mode_loss_and_head_not_mutated(case):
 
 
 def check_alibi_slopes_match_reference(case):
-    from xt_baichuan.modeling_baichuan import alibi_slopes
+    from xt_baichuan.remote_code.modeling_baichuan import alibi_slopes
 
     _, folder, _, reference = case
     heads = json.loads((folder / "config.json").read_text())["num_attention_heads"]

@@ -114,8 +114,8 @@ def reference_loss(logits: torch.Tensor, labels: torch.Tensor, z_weight: float) 
 
 
 def make_model(heads: int, variant: str, seed: int):
-    from xt_baichuan.configuration_baichuan import BaichuanConfig
-    from xt_baichuan.modeling_baichuan import BaichuanForCausalLM
+    from xt_baichuan.remote_code.configuration_baichuan import BaichuanConfig
+    from xt_baichuan.remote_code.modeling_baichuan import BaichuanForCausalLM
 
     extra = {"max_position_embeddings": 128} if variant == "rope" else {}
     config = BaichuanConfig(vocab_size=97, hidden_size=heads * 8, intermediate_size=40, num_hidden_layers=2,
@@ -165,7 +165,7 @@ def test_matches_plain_reference(heads, variant):
 
 
 def test_slopes_non_power_of_two():
-    from xt_baichuan.modeling_baichuan import alibi_slopes
+    from xt_baichuan.remote_code.modeling_baichuan import alibi_slopes
 
     for n in (1, 2, 3, 5, 6, 7, 12, 40):
         assert alibi_slopes(n) == pytest.approx(reference_slopes(n), rel=1e-12)

@@ -65,7 +65,7 @@ def test_model_specs():
 
 @pytest.mark.parametrize("name,params,variant", [("baichuan2-7b", 7.506e9, "rope"), ("baichuan2-13b", 13.896e9, "alibi")])
 def test_real_config_counts_parameters_on_meta(name, params, variant):
-    from xt_baichuan.modeling_baichuan import BaichuanForCausalLM
+    from xt_baichuan.remote_code.modeling_baichuan import BaichuanForCausalLM
 
     config = _registry().get("models", name).config()
     assert config.model_type == "baichuan" and config.position_embedding == variant

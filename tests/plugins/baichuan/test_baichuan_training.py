@@ -80,7 +80,7 @@ def _qlora_model(source: str, baichuan_checkpoint):
                                     "folder:tiny-7b-rope"])
 def test_qlora_training_step(source, baichuan_checkpoint):
     import bitsandbytes as bnb
-    from xt_baichuan.modeling_baichuan import NormHead
+    from xt_baichuan.remote_code.modeling_baichuan import NormHead
 
     model, spec = _qlora_model(source, baichuan_checkpoint)
     quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]

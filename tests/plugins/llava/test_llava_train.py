@@ -126,3 +126,48 @@ def test_pretrain_then_finetune(llava_data, images, tmp_path, monkeypatch):
     projector = {n for n in after if "multi_modal_projector.modules_to_save" in n}
     assert projector and any(not torch.equal(after[n], before[n.replace("modules_to_save.default.", "")])
                              for n in projector)
+
+
+def test_preset_configs_name_their_architecture():
+    from xt.plugins import get_registry
+
+    for name in ("llava-tiny", "llava-vicuna-7b", "llava-1.5-7b"):
+        assert get_registry().get("models", name).config().architectures == ["LlavaForConditionalGeneration"]
+
+
+@pytest.mark.slow
+def test_lora_run_exports_to_lmdeploy(llava_data, tmp_path, monkeypatch):
+    """An adapter run has no config.json of its own: the engine is chosen from the preset's config()."""
+    from click.testing import CliRunner
+    from xt.cli import cli
+
+    data, folder = llava_data
+    run = _train(data, folder, tmp_path / "ft", "finetune", monkeypatch, "max_steps=2")
+    assert json.loads((run / "run.json").read_text())["adapter"] is True
+    out = tmp_path / "lmdeploy"
+    monkeypatch.setenv("XT_LMDEPLOY_TABLE", "builtin")
+    result = CliRunner().invoke(cli, ["export", str(run), "--to", "lmdeploy", "--out", str(out), "--set", "dtype=fp32"])
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "xt_lmdeploy.json").read_text())
+    assert (info["backend"], info["architecture"]) == ("pytorch", "LlavaForConditionalGeneration")
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlavaForConditionalGeneration"]
+    assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
+
+
+@pytest.mark.parametrize("stage", [None, "pretrain", "finetune"])
+@pytest.mark.parametrize("method", [None, "lora", "qlora", "full"])
+def test_dry_run_trainable_count_equals_the_real_model(stage, method):
+    """The plan's trainable count is the real model's requires_grad count, for every stage and method."""
+    from xt.config import resolve_config
+    from xt.model.setup import build_model, count_parameters
+    from xt.plugins import get_registry
+    from xt.train.plan import count_for_run
+
+    cfg = resolve_config(None, {"model": "llava-tiny", "dataset": "llava", "stage": stage, "method": method}, [])
+    spec = get_registry().resolve_model("llava-tiny")
+    planned = count_for_run(spec.config(), cfg, spec)
+    total, trainable = count_parameters(build_model(cfg, spec).model)
+    assert planned.trainable == trainable
+    assert planned.total == 486_464 and planned.hidden_size == 64 and planned.num_layers == 2
+    if stage == "pretrain" and method is None:
+        assert trainable == 6_272  # the projector only

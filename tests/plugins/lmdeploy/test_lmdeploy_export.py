@@ -92,6 +92,7 @@ def test_routing_decisions(table):
         route({"architectures": ["BaichuanForCausalLM"], "model_max_length": 4096}, tables)
     message = str(err.value)
     assert "Baichuan2-13B" in message and "ALiBi" in message and "xt export RUN --to hf" in message
+    assert "trust_remote_code=True" in message and "vLLM" not in message  # what is tested to work, only
     assert ". " not in message and message.endswith(".") and "\n" not in message  # one sentence
     with pytest.raises(XtError, match="dropped StarCoder2"):
         route({"architectures": ["Starcoder2ForCausalLM"]}, tables)

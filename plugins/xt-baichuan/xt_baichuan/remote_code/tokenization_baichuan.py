@@ -7,7 +7,6 @@ adds no BOS and no EOS by default (``add_bos_token=False``, ``add_eos_token=Fals
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
@@ -56,27 +55,3 @@ class BaichuanTokenizer(SentencePieceBackend):
     def num_special_tokens_to_add(self, pair: bool = False) -> int:
         bos, eos = self._special()
         return (len(bos) + len(eos)) * (2 if pair else 1)
-
-
-def load_baichuan_tokenizer(source: str | os.PathLike, **kwargs: Any) -> BaichuanTokenizer:
-    """A tokenizer from a folder holding ``tokenizer.model`` (and maybe tokenizer_config.json), or the file itself."""
-    from xt.errors import XtError
-
-    path = os.fspath(source)
-    if os.path.isfile(path):
-        return BaichuanTokenizer(vocab_file=path, **kwargs)
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "tokenizer.model")):
-            raise XtError(f"No tokenizer.model in '{path}'; Baichuan2 needs its SentencePiece file there "
-                          f"(copy it from the official checkpoint).")
-        return BaichuanTokenizer.from_pretrained(path, **kwargs)
-    return BaichuanTokenizer.from_pretrained(path, **kwargs)  # a hub id
-
-
-def _finish_registration() -> None:
-    from xt_baichuan.auto import register_if_pending
-
-    register_if_pending()
-
-
-_finish_registration()

@@ -25,7 +25,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from xt_baichuan.configuration_baichuan import BaichuanConfig
+from .configuration_baichuan import BaichuanConfig
 
 IGNORE_INDEX = -100
 
@@ -425,11 +425,3 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
 
 __all__ = ["BaichuanForCausalLM", "BaichuanModel", "BaichuanPreTrainedModel", "alibi_slopes", "causal_lm_loss"]
 
-
-def _finish_registration() -> None:
-    from xt_baichuan.auto import register_if_pending
-
-    register_if_pending()
-
-
-_finish_registration()

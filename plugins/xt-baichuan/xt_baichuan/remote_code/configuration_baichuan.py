@@ -61,11 +61,3 @@ class BaichuanConfig(PreTrainedConfig):
             raise ValueError(f"hidden_size ({self.hidden_size}) is not a multiple of num_attention_heads "
                              f"({self.num_attention_heads}).")
 
-
-def _finish_registration() -> None:
-    from xt_baichuan.auto import register_if_pending
-
-    register_if_pending()
-
-
-_finish_registration()
