@@ -76,12 +76,10 @@ def test_dry_run_per_gpu_total_follows_nproc_and_zero_stage():
     assert _gib(four, "total") < _gib(one, "total")
 
 
-def test_dry_run_reflects_model_path():
+def test_dry_run_reflects_model_path(baichuan_checkpoint):
     from safetensors import safe_open
 
-    from tests.conftest import shared_path
-
-    folder = shared_path("fixtures", "baichuan2", "tiny-13b-alibi")
+    folder = baichuan_checkpoint("tiny-13b-alibi")
     with safe_open(str(folder / "model.safetensors"), framework="pt") as fh:
         expected = sum(_numel(fh.get_slice(k).get_shape()) for k in fh.keys())
     output = _dry_run("--model", "baichuan2-13b", "--model-path", str(folder))

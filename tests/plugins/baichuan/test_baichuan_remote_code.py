@@ -14,8 +14,6 @@ import pytest
 import torch
 import xt_baichuan  # noqa: F401
 
-from tests.conftest import shared_path
-
 SHIPPED = ("configuration_baichuan.py", "modeling_baichuan.py")
 IDS = [[1, 5, 17, 42, 99, 7, 3, 150, 23, 11]]
 
@@ -70,7 +68,7 @@ def _imports(path: Path) -> set[str]:
 
 
 @pytest.mark.slow
-def test_7b_and_13b_results_load_without_xt(tmp_path):
+def test_7b_and_13b_results_load_without_xt(tmp_path, sp_tokenizer_dir):
     from click.testing import CliRunner
     from transformers import AutoModelForCausalLM
     from xt.cli import cli
@@ -86,7 +84,7 @@ def test_7b_and_13b_results_load_without_xt(tmp_path):
     result = CliRunner().invoke(cli, ["export", str(lora_13b), "--to", "hf", "--out", str(hf_13b)])
     assert result.exit_code == 0, result.output
     tokenizer_dir = tmp_path / "tokenizer"
-    BaichuanTokenizer(vocab_file=str(shared_path("tokenizers", "llama2", "tokenizer.model"))).save_pretrained(
+    BaichuanTokenizer(vocab_file=str(sp_tokenizer_dir / "tokenizer.model")).save_pretrained(
         str(tokenizer_dir))
 
     for folder in (final_7b, hf_13b):
