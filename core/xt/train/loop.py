@@ -139,6 +139,7 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
 
     from xt import __version__
     from xt.data import ResumableBatchSampler
+    from xt.data.collate import make_collate
     from xt.data.pipeline import choose_template
     from xt.model.saving import save_final
     from xt.model.setup import build_model, count_parameters
@@ -183,8 +184,8 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     if error:
         raise XtError(error)
     collator_name = cfg.collator if cfg.collator != "default" else model_spec.extra.get("collator", "default")
-    collate = registry.get("collators", collator_name).factory(
-        tokenizer=tokenizer, pad_token_id=safe_pad_id(tokenizer, model), attn_implementation=loaded.attn)
+    collate = make_collate(registry.get("collators", collator_name), tokenizer=tokenizer,
+                           pad_token_id=safe_pad_id(tokenizer, model), attn_implementation=loaded.attn)
     make_sampler = model_spec.extra.get("batch_sampler")  # e.g. modality-grouped batches for multimodal models
     if make_sampler is not None:
         sampler = make_sampler(train_rows, cfg.micro_batch_size, rank=rank, world_size=world, seed=cfg.seed,

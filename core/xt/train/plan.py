@@ -148,6 +148,7 @@ def _dataset_summary(cfg: TrainConfig, world: int) -> str:
 
 def plan(cfg: TrainConfig, world: int = 1) -> str:
     """The dry-run report as text."""
+    from xt.data.pipeline import choose_template
     from xt.model.loading import choose_attention
     from xt.model.setup import resolve_dtype
     from xt.plugins import get_registry
@@ -156,7 +157,9 @@ def plan(cfg: TrainConfig, world: int = 1) -> str:
         import os
 
         os.environ["XT_IMAGE_FOLDER"] = str(cfg.image_folder)
-    spec = get_registry().resolve_model(cfg.model)
+    registry = get_registry()
+    spec = registry.resolve_model(cfg.model)
+    choose_template(spec, registry.get("datasets", cfg.dataset), cfg.template)  # unknown or ambiguous names fail
     dtype = resolve_dtype(cfg.dtype)
     lines = [f"model: {cfg.model} (source: {cfg.model_path or spec.source or 'built from a config'})",
              f"method: {cfg.method}{' (8-bit base)' if cfg.load_in_8bit else ''}, dtype {dtype}, "
