@@ -96,7 +96,6 @@ def model_loader(register: Any) -> None:
         description="Any transformers causal LM: pass a hub id (org/name) or a local folder as --model.",
         load_model=_load_hf_model,
         load_tokenizer=_load_hf_tokenizer,
-        default_template="default",
     ))
 
 

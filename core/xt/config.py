@@ -30,7 +30,7 @@ class TrainConfig:
     dataset: str = ""
     data_files: list[str] = field(default_factory=list)
     template: str | None = None
-    collator: str = "default"  # "default" uses the model spec's extra["collator"] when it names one
+    collator: str = "default"  # "default" uses the model spec's collator when it names one
     stage: str | None = None
     image_folder: str | None = None  # where rows' images live (exported to plugins as $XT_IMAGE_FOLDER)
     # method
@@ -298,7 +298,7 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def stage_defaults(model: str, stage: str | None) -> dict[str, Any]:
-    """Config defaults a model plugin supplies for ``stage`` (``ModelSpec.extra['stages'][stage]``)."""
+    """Config defaults a model plugin supplies for ``stage`` (``ModelSpec.stages[stage]``)."""
     if not stage or not model:
         return {}
     from xt.plugins import get_registry
@@ -307,7 +307,7 @@ def stage_defaults(model: str, stage: str | None) -> dict[str, Any]:
         spec = get_registry().resolve_model(model)
     except XtError:
         return {}
-    stages = (spec.extra or {}).get("stages", {}) or {}
+    stages = spec.stages
     if stage not in stages:
         known = ", ".join(sorted(stages)) or "none"
         raise XtError(f"Model '{model}' has no training stage '{stage}'.{_suggest(stage, sorted(stages))} "

@@ -126,7 +126,7 @@ def _check_datasets(report: PluginReport, datasets: list[Any], max_rows: int) ->
             continue
         for i, row in enumerate(rows):
             try:
-                conv = d.map_row(row)
+                conv = d.map(row)
             except Exception as exc:
                 report.problems.append(f"{where}: map_row failed on sample row {i}: {type(exc).__name__}: {exc}")
                 continue
@@ -300,7 +300,7 @@ def _sample_batch(report: PluginReport, tokenizer: Any) -> tuple[list[dict[str, 
 
     datasets = [d for d in report.specs.get("datasets", []) if d.sample_rows]
     dataset_name = datasets[0].name if datasets else "conversation"
-    mapper = datasets[0].map_row if datasets else map_conversation_row
+    mapper = datasets[0].map if datasets else map_conversation_row
     rows = list(datasets[0].sample_rows if datasets else _SAMPLE_ROWS)
     own = report.specs.get("templates", [])
     template = own[0] if own else _template_of(report, datasets[0].default_template if datasets else None)

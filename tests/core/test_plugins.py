@@ -263,3 +263,48 @@ def test_builtins_pass_the_conformance_kit_and_a_bad_template_fails_it():
         check_plugin_object(Broken, "broken")
     assert "user part must contain '{content}'" in str(err.value)
     assert "neither sample_rows nor generate" in str(err.value)  # every problem in one message
+
+
+def test_a_datasets_default_template_applies_to_hub_ids_and_folders(tmp_path):
+    from xt.data.pipeline import choose_template
+
+    class ChatmlData:
+        @hookimpl
+        def dataset_map(register):
+            register(DatasetSpec(name="chatml-data", map_row=_map, default_template="chatml"))
+
+    _add(ChatmlData, "chatml-data")
+    reg = plugins.get_registry()
+    dataset = reg.get("datasets", "chatml-data")
+    for model in ("someorg/some-model", str(tmp_path)):
+        assert choose_template(reg.resolve_model(model), dataset).name == "chatml"
+    assert choose_template(reg.resolve_model("someorg/some-model"), reg.get("datasets", "conversation")).name == "default"
+
+
+@pytest.mark.parametrize(("fields", "problem"), [
+    ({"stages": {"pretrain": ["lr=1"]}}, "stages must map stage names to dicts of config defaults"),
+    ({"collator": 3}, "collator must be a collator name"),
+    ({"batch_sampler": "grouped"}, "batch_sampler must be callable"),
+    ({"tokenizer_model_args": "yes"}, "tokenizer_model_args must be True or False"),
+    ({"answer_image": 1}, "answer_image must be callable"),
+])
+def test_model_fields_the_core_reads_are_validated(fields, problem):
+    assert ModelSpec(name="m", **fields).problems() == [problem]
+    assert ModelSpec(name="m", stages={"pretrain": {"lr": 1e-3}}, collator="llava", batch_sampler=len,
+                     tokenizer_model_args=True, answer_image=len).problems() == []
+
+
+def test_dataset_map_gets_the_run_context_only_when_it_asks():
+    from xt.specs import RunContext
+
+    seen = []
+    plain = DatasetSpec(name="plain", map_row=lambda row: seen.append(("plain", row)) or _map(row))
+    wants = DatasetSpec(name="wants", pass_context=True,
+                        map_row=lambda row, context: seen.append(("wants", context.image_folder)) or _map(row))
+    row = {"q": "x", "a": "y"}
+    plain.map(row, RunContext(image_folder="/img"))
+    wants.map(row, RunContext(image_folder="/img"))
+    wants.map(row)
+    assert seen == [("plain", row), ("wants", "/img"), ("wants", None)]
+    assert RunContext(image_folder="a").data_fingerprint() != RunContext(image_folder="b").data_fingerprint()
+    assert RunContext(rank=1, run_dir="x").data_fingerprint() == RunContext().data_fingerprint()

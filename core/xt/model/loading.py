@@ -97,3 +97,43 @@ def disable_bnb_avx512bf16(model: Any) -> int:
             module.support_avx512bf16_for_cpu = False
             patched += 1
     return patched
+
+
+def build_preset(config: Any, model_class: Any = None, *, seed: int = 0, dtype: Any = None,
+                 attn_implementation: str | None = None, quantization_config: Any = None,
+                 reload: Any = None, **from_pretrained_kwargs: Any) -> Any:
+    """A model with freshly initialised weights from ``config``: the same weights for the same seed.
+
+    The weights are drawn under ``seed`` inside a forked RNG (the caller's random state is left as it
+    was), with ``attn_implementation`` when given, then cast to ``dtype`` (a torch dtype or its name).
+    With ``quantization_config`` the model is saved to a temporary folder and loaded back through
+    ``reload(folder, **kwargs)`` (default: the class's ``from_pretrained``) so transformers quantizes
+    it; ``from_pretrained_kwargs`` go to that call. ``model_class`` defaults to the causal-LM class
+    transformers maps the config to. This is what a plugin's preset loader calls, so that two runs or
+    two exports of the same preset start from identical weights.
+    """
+    import tempfile
+
+    import torch
+
+    if model_class is None:
+        from transformers import AutoModelForCausalLM
+
+        model_class = AutoModelForCausalLM
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype)
+    attn = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    build = getattr(model_class, "from_config", None) or model_class._from_config  # Auto class or model class
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build(config, **attn)
+    if quantization_config is None:
+        return model.to(dtype) if isinstance(dtype, torch.dtype) else model
+    kwargs: dict[str, Any] = {"quantization_config": quantization_config, **from_pretrained_kwargs}
+    if isinstance(dtype, torch.dtype):
+        kwargs["dtype"] = dtype
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    with tempfile.TemporaryDirectory(prefix="xt-preset-") as folder:
+        model.save_pretrained(folder, safe_serialization=True)
+        return (reload or type(model).from_pretrained)(folder, **kwargs)

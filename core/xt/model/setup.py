@@ -43,13 +43,13 @@ def load_tokenizer(spec: Any, source: str | None, trust_remote_code: bool = Fals
                    model_args: dict[str, Any] | None = None) -> Any:
     """The model spec's tokenizer, with a pad token guaranteed.
 
-    Specs with ``extra["tokenizer_model_args"]`` (e.g. multimodal models assembled from parts) get
-    the run's ``model_args`` too.
+    Specs with ``tokenizer_model_args`` (e.g. multimodal models assembled from parts) get the run's
+    ``model_args`` too.
     """
     from xt.model.loading import ensure_pad_token
 
     if spec.load_tokenizer is not None:
-        extra_args = dict(model_args or {}) if spec.extra.get("tokenizer_model_args") else {}
+        extra_args = dict(model_args or {}) if spec.tokenizer_model_args else {}
         tokenizer = spec.load_tokenizer(source, **extra_args)
     else:
         tokenizer = load_hf_tokenizer(source, trust_remote_code=trust_remote_code)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from xt import hookimpl
-from xt.specs import EOS, ExporterSpec, ModelSpec, TemplateSpec
+from xt.api import EOS, ExporterSpec, ModelSpec, TemplateSpec, hookimpl
 
 #: Modules LoRA adapts in Baichuan2 (fused qkv, attention output, SwiGLU MLP).
 LORA_TARGETS = ("W_pack", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -60,7 +60,7 @@ class BaichuanTokenizer(SentencePieceBackend):
 
 def load_baichuan_tokenizer(source: str | os.PathLike, **kwargs: Any) -> BaichuanTokenizer:
     """A tokenizer from a folder holding ``tokenizer.model`` (and maybe tokenizer_config.json), or the file itself."""
-    from xt.errors import XtError
+    from xt.api import XtError
 
     path = os.fspath(source)
     if os.path.isfile(path):
