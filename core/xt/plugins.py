@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -24,6 +25,7 @@ from xt.errors import PluginConflictError, UnknownNameError, XtError
 from xt.specs import HOOK_OF_KIND, SPEC_KINDS, ModelSpec, Spec
 
 ENTRY_POINT_GROUP = "xt"
+PLUGINS_DIR_ENV = "XT_PLUGINS_DIR"
 BUILTIN_PLUGINS = ("xt.builtins",)
 CORE_DIST = "xt-core"
 
@@ -153,18 +155,52 @@ def get_plugin_manager() -> pluggy.PluginManager:
             continue
         if ep.name in _infos and _infos[ep.name].status != "disabled":
             continue  # the same distribution installed twice on the path
-        try:
-            plugin = ep.load()
-        except Exception as exc:
-            info = PluginInfo(name=ep.name, dist=dist, version=version)
-            info.fail(f"import failed: {type(exc).__name__}: {exc}")
-            _infos[ep.name] = info
-            _report(f"plugin '{ep.name}' from {dist} failed to import and was skipped: {type(exc).__name__}: {exc}")
-            if os.environ.get("XT_DEBUG"):
-                traceback.print_exc()
-            continue
-        register_plugin(pm, plugin, ep.name, dist, version)
+        _load_and_register(pm, ep.name, dist, version, ep.load)
+    for name, path in _plugins_dir_modules():
+        _load_and_register(pm, name, f"{PLUGINS_DIR_ENV}/{path.name}", "0", lambda p=path: _import_file(p))
     return pm
+
+
+def _load_and_register(pm: pluggy.PluginManager, name: str, dist: str, version: str, load: Callable[[], Any]) -> None:
+    """Import one plugin and register it; an import error marks it broken (reported once)."""
+    try:
+        plugin = load()
+    except Exception as exc:
+        info = PluginInfo(name=name, dist=dist, version=version)
+        info.fail(f"import failed: {type(exc).__name__}: {exc}")
+        _infos[name] = info
+        _report(f"plugin '{name}' from {dist} failed to import and was skipped: {type(exc).__name__}: {exc}")
+        if os.environ.get("XT_DEBUG"):
+            traceback.print_exc()
+        return
+    register_plugin(pm, plugin, name, dist, version)
+
+
+def _plugins_dir_modules() -> list[tuple[str, Path]]:
+    """``(plugin name, file)`` for each ``*.py`` in ``$XT_PLUGINS_DIR`` (plugins tried without packaging)."""
+    folder = os.environ.get(PLUGINS_DIR_ENV)
+    if not folder:
+        return []
+    if not os.path.isdir(folder):
+        _report(f"{PLUGINS_DIR_ENV}={folder} is not a folder; no plugins were loaded from it")
+        return []
+    return [(f"dir:{path.stem}", path) for path in sorted(Path(folder).glob("*.py")) if not path.name.startswith("_")]
+
+
+def _import_file(path: Path) -> Any:
+    """Import a plugin module from a file (its folder goes on ``sys.path`` so it can import its neighbours)."""
+    import importlib.util
+
+    module_name = f"xt_plugins_dir.{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def plugin_infos() -> list[PluginInfo]:
