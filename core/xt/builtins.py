@@ -16,10 +16,10 @@ _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assista
                    "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
 
 
-def _load_hf_model(source: str, **kwargs: Any) -> Any:
+def _load_hf_model(source: str, model_args: dict[str, Any] | None = None, **kwargs: Any) -> Any:
     from xt.model.loading import load_hf_causal_lm
 
-    return load_hf_causal_lm(source, **kwargs)
+    return load_hf_causal_lm(source, model_args, **kwargs)
 
 
 def _load_hf_tokenizer(source: str, **kwargs: Any) -> Any:

@@ -135,7 +135,7 @@ def load_chat_model(options: ChatOptions) -> ChatModel:
     if run_dir is not None and model_dir is not None:
         model = load_saved_model(spec, model_dir, dtype, **kwargs)  # a full run: refused without its weights
     else:
-        model = load_base(spec, source, dtype, **kwargs, **model_args)
+        model = load_base(spec, source, dtype, model_args, **kwargs)
     disable_bnb_avx512bf16(model)
     if adapter is not None:
         model = apply_adapter(model, adapter, merge=quant is None)

@@ -78,13 +78,13 @@ def resolve_base(model: str, source: str | None = None) -> tuple[Any, str | None
     return spec, source if source is not None else spec.source
 
 
-def load_base(spec: Any, source: str | None, dtype: Any, **kwargs: Any) -> Any:
-    """Call the spec's model loader (or the generic one) unquantized in ``dtype``; ``kwargs`` include
-    the run's ``model_args``."""
-    from xt.model.loading import load_hf_causal_lm
+def load_base(spec: Any, source: str | None, dtype: Any, model_args: dict[str, Any] | None = None,
+              **kwargs: Any) -> Any:
+    """Call the spec's model loader (or the generic one) unquantized in ``dtype`` with the run's
+    ``model_args``; ``kwargs`` are further ``from_pretrained`` keywords."""
+    from xt.model.loading import call_model_loader
 
-    loader = spec.load_model or load_hf_causal_lm
-    return loader(source, dtype=dtype, **kwargs)
+    return call_model_loader(spec, source, model_args, dtype=dtype, **kwargs)
 
 
 def check_carries_weights(model: Any, folder: str | os.PathLike, spec: Any) -> None:
@@ -136,7 +136,7 @@ def load_run_model(run_dir: str | os.PathLike, *, dtype: str = "fp32", merge: bo
     torch_dtype = torch_dtype_of(dtype)
     if not run.adapter:
         return load_saved_model(spec, run.final_dir, torch_dtype, **kwargs)
-    base = load_base(spec, source, torch_dtype, **kwargs, **run.model_args)
+    base = load_base(spec, source, torch_dtype, run.model_args, **kwargs)
     return apply_adapter(base, run.final_dir, merge=merge)
 
 
@@ -276,7 +276,7 @@ def merge_adapter(base: str, adapter_dir: str | os.PathLike, out_dir: str | os.P
     kwargs = {"trust_remote_code": True} if trust_remote_code else {}
     with staged_output(out_dir, overwrite) as tmp:
         tokenizer = load_tokenizer_for(spec, base_source, prefer=adapter, model_args=model_args)
-        model = load_base(spec, base_source, torch_dtype, **kwargs, **(model_args or {}))
+        model = load_base(spec, base_source, torch_dtype, model_args, **kwargs)
         generation_config = getattr(model, "generation_config", None)
         merged = apply_adapter(model, adapter, merge=True).to(torch_dtype)
         save_merged(merged, tokenizer, tmpl, tmp, generation_config)

@@ -263,7 +263,9 @@ def _same_weights(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def _build_preset(spec: Any) -> Any:
     import torch
 
-    return spec.load_model(None, dtype=torch.float32, attn_implementation="sdpa")
+    from xt.model.loading import call_model_loader
+
+    return call_model_loader(spec, None, {}, dtype=torch.float32, attn_implementation="sdpa")
 
 
 def _check_presets(report: PluginReport, models: list[Any], configs: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -20,16 +21,17 @@ def _config():
                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
 
 
-def _preset(source, **kwargs):
+def _preset(source, model_args=None, **kwargs):
     from transformers import LlamaForCausalLM
     from xt.api import build_preset, load_hf_causal_lm
 
+    assert model_args in (None, {}), "the core passes the run's model_args apart from the loading keywords"
     if source is not None:
         return load_hf_causal_lm(source, **kwargs)
     return build_preset(_config(), LlamaForCausalLM, seed=7, **kwargs)
 
 
-def _ignores_source(source, **kwargs):
+def _ignores_source(source, model_args=None, **kwargs):
     return _preset(None, **kwargs)
 
 
@@ -132,3 +134,29 @@ def test_build_preset_is_deterministic_and_leaves_the_callers_random_state_alone
     wa, wb, wc = (m.state_dict()["model.layers.0.mlp.up_proj.weight"] for m in (a, b, c))
     assert wb.dtype == torch.bfloat16 and torch.equal(wa.to(torch.bfloat16), wb)
     assert not torch.equal(wa, wc)
+
+
+def test_load_model_gets_model_args_apart_from_the_loading_keywords(tmp_path):
+    from xt.config import resolve_config
+    from xt.export import load_run_model
+    from xt.model.setup import load_base_model
+    from xt.run import RunInfo
+
+    seen = []
+
+    def recording_loader(source, model_args=None, **kwargs):
+        seen.append((source, model_args, sorted(kwargs)))
+        return _preset(None, **kwargs)
+
+    spec = ModelSpec(name="recording", load_model=recording_loader, config=_config, plugin="xt-run-preset")
+    cfg = resolve_config(None, {"model": "run-preset", "dataset": "conversation", "method": "full"},
+                         ["model_args.depth=3"])
+    load_base_model(cfg, spec, None, "fp32", "sdpa")
+    assert seen[-1] == (None, {"depth": 3}, ["attn_implementation", "dtype"])
+
+    run_dir = _run(tmp_path, "run-preset", adapter=True)
+    info = json.loads((run_dir / "run.json").read_text())
+    RunInfo(**{**info, "model_args": {"depth": 3}}).save(run_dir)
+    plugins.get_registry().get("models", "run-preset").load_model = recording_loader
+    load_run_model(run_dir, dtype="fp32")
+    assert seen[-1] == (None, {"depth": 3}, ["dtype"])  # the run's model_args, as recorded in run.json

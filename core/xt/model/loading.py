@@ -37,10 +37,20 @@ def _no_hub_hint(source: str, exc: Exception) -> XtError:
                    f"Pass an existing local folder with --model-path, or check the hub id and your network.")
 
 
-def load_hf_causal_lm(source: str, **kwargs: Any) -> Any:
-    """``AutoModelForCausalLM.from_pretrained`` with safetensors preferred and remote code off by default."""
+def call_model_loader(spec: Any, source: str | None, model_args: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """``spec.load_model(source, model_args=..., **from_pretrained keywords)``, the one way the core loads
+    a model; without a loader, the generic one (which takes ``model_args`` as config overrides)."""
+    return (spec.load_model or load_hf_causal_lm)(source, model_args=dict(model_args or {}), **kwargs)
+
+
+def load_hf_causal_lm(source: str, model_args: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """``AutoModelForCausalLM.from_pretrained`` with safetensors preferred and remote code off by default.
+
+    ``model_args`` are passed on as config overrides (e.g. ``rope_theta``), after the loading keywords.
+    """
     from transformers import AutoModelForCausalLM
 
+    kwargs.update(model_args or {})
     if source is None:
         raise XtError("The generic 'hf' model needs a hub id or folder; pass --model ORG/NAME or --model-path DIR.")
     kwargs.setdefault("trust_remote_code", False)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from xt.errors import XtError
-from xt.model.loading import choose_attention, disable_bnb_avx512bf16, load_hf_causal_lm, load_hf_tokenizer
+from xt.model.loading import call_model_loader, choose_attention, disable_bnb_avx512bf16, load_hf_tokenizer
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -90,9 +90,7 @@ def load_base_model(cfg: Any, spec: Any, source: str | None, dtype: str, attn: s
             kwargs["device_map"] = {"": torch.cuda.current_device()}
     if cfg.trust_remote_code:
         kwargs["trust_remote_code"] = True
-    kwargs.update(cfg.model_args)
-    loader = spec.load_model or load_hf_causal_lm
-    model = loader(source, **kwargs)
+    model = call_model_loader(spec, source, cfg.model_args, **kwargs)
     disable_bnb_avx512bf16(model)  # always: the bug only bites after a no-grad forward
     return model
 

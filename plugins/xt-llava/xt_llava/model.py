@@ -209,9 +209,13 @@ def is_llava_folder(source: Any) -> bool:
         return False
 
 
-def load_llava(recipe: Recipe | None, source: Any = None, **kwargs: Any) -> Any:
-    """The model loader of every llava spec: a saved HF llava folder, or a composition of the recipe's parts."""
-    hf, args = split_kwargs(kwargs)
+def load_llava(recipe: Recipe | None, source: Any = None, model_args: dict[str, Any] | None = None,
+               **kwargs: Any) -> Any:
+    """The model loader of every llava spec: a saved HF llava folder, or a composition of the recipe's parts.
+
+    ``model_args`` are the llava options (``llm``, ``vision_encoder``, ...); ``kwargs`` the loading keywords.
+    """
+    hf, args = split_kwargs({**kwargs, **(model_args or {})})
     llm_name = args.get("llm") or (recipe.llm if recipe else None)
     encoder_name = args.get("vision_encoder") or (recipe.vision_encoder if recipe else None)
     depth = int(args.get("projector_depth", PROJECTOR_DEPTH))

@@ -43,10 +43,10 @@ def _stages(max_length: int | None = None) -> dict[str, dict[str, Any]]:
 # --------------------------------------------------------------------------- lazy wrappers (no torch at import)
 
 
-def _load_llava(recipe: Any, source: Any = None, **kwargs: Any) -> Any:
+def _load_llava(recipe: Any, source: Any = None, model_args: dict[str, Any] | None = None, **kwargs: Any) -> Any:
     from xt_llava.model import load_llava
 
-    return load_llava(recipe, source, **kwargs)
+    return load_llava(recipe, source, model_args, **kwargs)
 
 
 def _load_processor(recipe: Any, source: Any = None, **model_args: Any) -> Any:
@@ -79,7 +79,7 @@ def _batch_sampler(*args: Any, **kwargs: Any) -> Any:
     return make_batch_sampler(*args, **kwargs)
 
 
-def _clip_model(tiny: bool, source: Any = None, **kwargs: Any) -> Any:
+def _clip_model(tiny: bool, source: Any = None, model_args: dict[str, Any] | None = None, **kwargs: Any) -> Any:
     from xt_llava import encoders
 
     return (encoders.load_clip_tiny if tiny else encoders.load_clip_vision)(source, **kwargs)
