@@ -90,8 +90,9 @@ def load_base(spec: Any, source: str | None, dtype: Any, model_args: dict[str, A
 def check_carries_weights(model: Any, folder: str | os.PathLike, spec: Any) -> None:
     """Refuse a model that does not hold the weights saved in ``folder`` (a run's full-model result).
 
-    Every safetensors tensor whose name and shape the loaded model has is compared after casting to
-    the loaded dtype; one difference means the loader did not load from the folder it was given.
+    Every saved tensor whose name and shape the loaded model has in floating point is compared after
+    casting to the loaded dtype; one difference means the loader did not load from the folder it was
+    given.
     """
     import torch
     from safetensors import safe_open
@@ -102,8 +103,9 @@ def check_carries_weights(model: Any, folder: str | os.PathLike, spec: Any) -> N
         with safe_open(str(file), framework="pt") as handle:
             for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 loaded = state.get(key)
-                if loaded is None or loaded.is_meta or tuple(loaded.shape) != tuple(handle.get_slice(key).get_shape()):
-                    continue
+                if loaded is None or loaded.is_meta or not loaded.is_floating_point() or \
+                        tuple(loaded.shape) != tuple(handle.get_slice(key).get_shape()):
+                    continue  # not in this model, or quantized on load (--bits): nothing to compare
                 compared += 1
                 saved = handle.get_tensor(key).to(loaded.dtype)
                 if not torch.equal(loaded.detach().cpu(), saved):
