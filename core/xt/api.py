@@ -8,6 +8,7 @@ instant. Anything not listed here is internal and may change without notice.
 
 Registration: ``hookimpl``, the specs (``ModelSpec``, ``DatasetSpec``, ``TemplateSpec``,
 ``CollatorSpec``, ``ExporterSpec``), ``BOS`` / ``EOS`` / ``SpecialToken``, ``RunContext``, ``RowError``, ``XtError``,
+``content_parts`` (OpenAI-style content parts),
 ``get_registry`` and ``when_imported`` (register with transformers lazily).
 
 Models and runs: ``build_preset`` (a model from a config, deterministically), ``load_hf_causal_lm``,
@@ -32,7 +33,7 @@ _WHERE = {
     "xt": ("hookimpl",),
     "xt.errors": ("XtError",),
     "xt.specs": ("ModelSpec", "DatasetSpec", "TemplateSpec", "CollatorSpec", "ExporterSpec", "RowError", "BOS",
-                 "EOS", "SpecialToken", "RunContext"),
+                 "EOS", "SpecialToken", "RunContext", "content_parts"),
     "xt.plugins": ("get_registry",),
     "xt._imports": ("when_imported",),
     "xt.model.loading": ("build_preset", "load_hf_causal_lm", "load_hf_tokenizer", "ensure_pad_token"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xt import hookimpl
+from xt import hookimpl, specs
 from xt.specs import BOS, EOS, CollatorSpec, DatasetSpec, ExporterSpec, ModelSpec, RowError, TemplateSpec
 
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -33,18 +33,9 @@ def _text_of_content(content: Any, where: str) -> tuple[str, int]:
     if isinstance(content, str):
         return content, 0
     if isinstance(content, list):
-        texts, images = [], 0
-        for part in content:
-            if not isinstance(part, dict) or "type" not in part:
-                raise RowError(f"{where}: content parts must be dicts with a 'type'")
-            if part["type"] == "text":
-                texts.append(str(part.get("text", "")))
-            elif part["type"] in ("image", "image_url"):
-                images += 1
-                texts.append("<image>")
-            else:
-                raise RowError(f"{where}: unsupported content part type {part['type']!r}")
-        return "".join(texts), images
+        pieces = specs.content_parts(content, where)
+        images = sum(1 for p in pieces if isinstance(p, dict))
+        return "".join("<image>" if isinstance(p, dict) else p for p in pieces), images
     raise RowError(f"{where}: content must be a string or a list of parts, got {type(content).__name__}")
 
 

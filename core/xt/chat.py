@@ -69,18 +69,11 @@ def _quantization(bits: int | None) -> Any:
         return None
     if bits not in (4, 8):
         raise XtError(f"--bits must be 4 or 8, got {bits}.")
-    try:
-        import bitsandbytes  # noqa: F401
-        from transformers import BitsAndBytesConfig
-    except Exception as exc:
-        raise XtError(f"--bits {bits} needs bitsandbytes, which failed to import ({exc}); "
-                      f"pip install 'xt-core[qlora]' or drop --bits.") from exc
     import torch
 
-    if bits == 4:
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=torch.float32)
-    return BitsAndBytesConfig(load_in_8bit=True)
+    from xt.model.loading import bitsandbytes_config
+
+    return bitsandbytes_config(bits, torch.float32, f"--bits {bits}")
 
 
 def load_chat_model(options: ChatOptions) -> ChatModel:

@@ -287,11 +287,12 @@ def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated with ``over``; nested dicts are merged key by key (``over`` wins)."""
     merged = dict(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -320,17 +321,17 @@ def resolve_config(config_file: str | Path | None = None, cli: dict[str, Any] | 
     """YAML file, then CLI flags (``None`` values ignored), then ``--set`` overrides -> a TrainConfig."""
     values: dict[str, Any] = {}
     if config_file:
-        values = _deep_merge(values, read_yaml(config_file))
+        values = deep_merge(values, read_yaml(config_file))
         where = str(config_file)
         for key in values:
             if key not in _HINTS:
                 raise XtError(f"{where}: unknown key '{key}'.{_suggest(key, FIELD_NAMES)} "
                               f"See docs/training.md for the list of keys.")
-    values = _deep_merge(values, {k: v for k, v in (cli or {}).items() if v is not None and v != ()})
-    values = _deep_merge(values, parse_overrides(list(overrides)))
+    values = deep_merge(values, {k: v for k, v in (cli or {}).items() if v is not None and v != ()})
+    values = deep_merge(values, parse_overrides(list(overrides)))
     stage = values.get("stage")
     defaults = stage_defaults(str(values.get("model", "")), stage if isinstance(stage, str) else None)
-    values = _deep_merge(defaults, values)  # the user's own keys win over the stage's defaults
+    values = deep_merge(defaults, values)  # the user's own keys win over the stage's defaults
     cfg = from_dict(values, where=str(config_file) if config_file else "config")
     if not cfg.model:
         raise XtError("No model given; pass --model NAME (see 'xt list models') or set 'model' in the config file.")

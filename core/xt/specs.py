@@ -266,6 +266,25 @@ class ExporterSpec(Spec):
         return out
 
 
+def content_parts(content: list[Any], where: str) -> list[str | dict[str, Any]]:
+    """OpenAI-style content parts -> their texts (str) and image parts (the part's dict), in order.
+
+    Parts are ``{"type": "text", "text"}``, ``{"type": "image", ...}`` or ``{"type": "image_url", ...}``;
+    anything else raises :class:`RowError` naming ``where``.
+    """
+    pieces: list[str | dict[str, Any]] = []
+    for part in content:
+        if not isinstance(part, dict) or "type" not in part:
+            raise RowError(f"{where}: content parts must be dicts with a 'type'")
+        if part["type"] == "text":
+            pieces.append(str(part.get("text", "")))
+        elif part["type"] in ("image", "image_url"):
+            pieces.append(part)
+        else:
+            raise RowError(f"{where}: unsupported content part type {part['type']!r}")
+    return pieces
+
+
 def conversation_problems(conv: Any) -> list[str]:
     """What is wrong with a canonical conversation (empty when valid)."""
     if not isinstance(conv, dict):

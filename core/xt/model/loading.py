@@ -86,6 +86,21 @@ def ensure_pad_token(tokenizer: Any) -> None:
             tokenizer.pad_token = tokenizer.eos_token
 
 
+def bitsandbytes_config(bits: int, compute_dtype: Any, asked_by: str) -> Any:
+    """``BitsAndBytesConfig`` for 4-bit NF4 weights (double quantization, computing in ``compute_dtype``)
+    or 8-bit weights; ``asked_by`` names what asked for it when bitsandbytes is missing."""
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except Exception as exc:
+        raise XtError(f"{asked_by} needs bitsandbytes, which failed to import ({exc}); "
+                      f"pip install 'xt-core[qlora]'.") from exc
+    if bits == 4:
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
 def disable_bnb_avx512bf16(model: Any) -> int:
     """Turn off bitsandbytes' AVX512-BF16 CPU path on every ``Linear4bit``; returns how many were patched.
 

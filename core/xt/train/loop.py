@@ -10,7 +10,6 @@ equals the one on the concatenated batch, whatever the packed rows hold.
 from __future__ import annotations
 
 import math
-import os
 import random
 import shutil
 import sys
@@ -338,6 +337,3 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     metrics.close()
     return run_dir
 
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")

@@ -28,7 +28,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from xt.api import RowError
+from xt.api import RowError, content_parts
 
 IMAGE_TOKEN = "<image>"
 PLACEHOLDER_RE = re.compile(r"<image>|<IMG_CONTEXT>")
@@ -199,18 +199,9 @@ def _openai_conversation(row: dict[str, Any], where: str) -> tuple[list[dict[str
             continue
         if not isinstance(content, list):
             raise RowError(f"{where}: message {i} content must be a string or a list of parts")
-        pieces: list[str | None] = []  # None marks an image part's position
-        refs: list[Any] = []
-        for part in content:
-            if not isinstance(part, dict) or "type" not in part:
-                raise RowError(f"{where}: message {i}: content parts must be dicts with a 'type'")
-            if part["type"] == "text":
-                pieces.append(str(part.get("text", "")))
-            elif part["type"] in ("image", "image_url"):
-                refs.append(_image_ref(part, f"{where}: message {i}"))
-                pieces.append(None)
-            else:
-                raise RowError(f"{where}: message {i}: unsupported content part type {part['type']!r}")
+        parts = content_parts(content, f"{where}: message {i}")
+        pieces = [None if isinstance(p, dict) else p for p in parts]  # None marks an image part's position
+        refs = [_image_ref(p, f"{where}: message {i}") for p in parts if isinstance(p, dict)]
         if refs and role != "user":
             raise RowError(f"{where}: message {i} ({role}) has an image part; images belong to user turns")
         text = "".join(p for p in pieces if p is not None)
