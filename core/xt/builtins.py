@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from xt import hookimpl
+from xt import hookimpl, specs
 from xt.specs import BOS, EOS, CollatorSpec, DatasetSpec, ExporterSpec, ModelSpec, RowError, TemplateSpec
 
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
 
 
-def _load_hf_model(source: str, **kwargs: Any) -> Any:
+def _load_hf_model(source: str, model_args: dict[str, Any] | None = None, **kwargs: Any) -> Any:
     from xt.model.loading import load_hf_causal_lm
 
-    return load_hf_causal_lm(source, **kwargs)
+    return load_hf_causal_lm(source, model_args, **kwargs)
 
 
 def _load_hf_tokenizer(source: str, **kwargs: Any) -> Any:
@@ -33,18 +33,9 @@ def _text_of_content(content: Any, where: str) -> tuple[str, int]:
     if isinstance(content, str):
         return content, 0
     if isinstance(content, list):
-        texts, images = [], 0
-        for part in content:
-            if not isinstance(part, dict) or "type" not in part:
-                raise RowError(f"{where}: content parts must be dicts with a 'type'")
-            if part["type"] == "text":
-                texts.append(str(part.get("text", "")))
-            elif part["type"] in ("image", "image_url"):
-                images += 1
-                texts.append("<image>")
-            else:
-                raise RowError(f"{where}: unsupported content part type {part['type']!r}")
-        return "".join(texts), images
+        pieces = specs.content_parts(content, where)
+        images = sum(1 for p in pieces if isinstance(p, dict))
+        return "".join("<image>" if isinstance(p, dict) else p for p in pieces), images
     raise RowError(f"{where}: content must be a string or a list of parts, got {type(content).__name__}")
 
 
@@ -96,7 +87,6 @@ def model_loader(register: Any) -> None:
         description="Any transformers causal LM: pass a hub id (org/name) or a local folder as --model.",
         load_model=_load_hf_model,
         load_tokenizer=_load_hf_tokenizer,
-        default_template="default",
     ))
 
 

@@ -69,25 +69,26 @@ def _quantization(bits: int | None) -> Any:
         return None
     if bits not in (4, 8):
         raise XtError(f"--bits must be 4 or 8, got {bits}.")
-    try:
-        import bitsandbytes  # noqa: F401
-        from transformers import BitsAndBytesConfig
-    except Exception as exc:
-        raise XtError(f"--bits {bits} needs bitsandbytes, which failed to import ({exc}); "
-                      f"pip install 'xt-core[qlora]' or drop --bits.") from exc
     import torch
 
-    if bits == 4:
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=torch.float32)
-    return BitsAndBytesConfig(load_in_8bit=True)
+    from xt.model.loading import bitsandbytes_config
+
+    return bitsandbytes_config(bits, torch.float32, f"--bits {bits}")
 
 
 def load_chat_model(options: ChatOptions) -> ChatModel:
     """Load what ``options.target`` names (run directory, registered model, folder or hub id)."""
     import torch
 
-    from xt.export import apply_adapter, describe_run, load_base, load_tokenizer_for, resolve_base, template_for
+    from xt.export import (
+        apply_adapter,
+        describe_run,
+        load_base,
+        load_saved_model,
+        load_tokenizer_for,
+        resolve_base,
+        template_for,
+    )
     from xt.model.loading import disable_bnb_avx512bf16
     from xt.run import is_run_dir
 
@@ -124,7 +125,10 @@ def load_chat_model(options: ChatOptions) -> ChatModel:
 
     tokenizer = load_tokenizer_for(spec, source, prefer=adapter or model_dir, model_args=model_args)
     template = template_for(template_name, (adapter, model_dir), spec)
-    model = load_base(spec, source, dtype, **kwargs, **model_args)
+    if run_dir is not None and model_dir is not None:
+        model = load_saved_model(spec, model_dir, dtype, **kwargs)  # a full run: refused without its weights
+    else:
+        model = load_base(spec, source, dtype, model_args, **kwargs)
     disable_bnb_avx512bf16(model)
     if adapter is not None:
         model = apply_adapter(model, adapter, merge=quant is None)
@@ -295,8 +299,8 @@ def hf_responder(options: ChatOptions, chat_model: ChatModel | None = None) -> R
 
 
 def _image_responder(options: ChatOptions, chat_model: ChatModel) -> Responder:
-    """Image chat comes from the model's plugin: ``ModelSpec.extra['answer_image']``."""
-    answer = (chat_model.spec.extra or {}).get("answer_image")
+    """Image chat comes from the model's plugin: ``ModelSpec.answer_image``."""
+    answer = chat_model.spec.answer_image
     if not callable(answer):
         raise XtError(f"--image needs a multimodal model whose plugin provides image chat; "
                       f"'{options.target}' ({chat_model.spec.name}) is not one, so drop --image or pick a "
@@ -321,7 +325,7 @@ def backend_responder(backend: str, options: ChatOptions) -> Responder:
     from xt.plugins import get_registry
 
     spec = get_registry().get("exporters", backend)
-    make = getattr(spec, "chat", None)
+    make = spec.chat
     if not callable(make):
         raise XtError(f"Backend '{backend}' ({spec.plugin}) offers no chat; use --backend hf.")
     return make(options)

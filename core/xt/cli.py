@@ -67,15 +67,28 @@ class XtGroup(click.Group):
             sys.exit(exc.exit_code)
 
 
+def _use_plugins_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """``--plugins-dir DIR``: load plugin modules from DIR too (``XT_PLUGINS_DIR``), before any command runs."""
+    if value:
+        from xt.plugins import PLUGINS_DIR_ENV, reset
+
+        os.environ[PLUGINS_DIR_ENV] = value
+        reset()
+
+
 @click.group(cls=XtGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", "-V", prog_name="xt")
+@click.option("--plugins-dir", type=click.Path(file_okay=False, exists=True), is_eager=True, expose_value=False,
+              callback=_use_plugins_dir, metavar="DIR",
+              help="Also load plugin modules (DIR/*.py) without packaging them (same as XT_PLUGINS_DIR=DIR).")
 def cli() -> None:
     """xt: fine-tune LLMs and vision-language models (LoRA, QLoRA, full; DeepSpeed) with plugins.
 
     \b
-    Quick start (offline, CPU):
-      xt list models
-      xt train --model baichuan2-tiny --dataset alpaca-demo
+    Quick start:
+      xt plugins                 installed plugins and what they register
+      xt list models             models you can train (a hub id or a local folder works too)
+      xt train --model ORG/NAME --dataset conversation --data-files chats.jsonl --dry-run
     """
 
 

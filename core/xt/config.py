@@ -30,7 +30,7 @@ class TrainConfig:
     dataset: str = ""
     data_files: list[str] = field(default_factory=list)
     template: str | None = None
-    collator: str = "default"  # "default" uses the model spec's extra["collator"] when it names one
+    collator: str = "default"  # "default" uses the model spec's collator when it names one
     stage: str | None = None
     image_folder: str | None = None  # where rows' images live (exported to plugins as $XT_IMAGE_FOLDER)
     # method
@@ -294,18 +294,19 @@ def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated with ``over``; nested dicts are merged key by key (``over`` wins)."""
     merged = dict(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
 
 
 def stage_defaults(model: str, stage: str | None) -> dict[str, Any]:
-    """Config defaults a model plugin supplies for ``stage`` (``ModelSpec.extra['stages'][stage]``)."""
+    """Config defaults a model plugin supplies for ``stage`` (``ModelSpec.stages[stage]``)."""
     if not stage or not model:
         return {}
     from xt.plugins import get_registry
@@ -314,7 +315,7 @@ def stage_defaults(model: str, stage: str | None) -> dict[str, Any]:
         spec = get_registry().resolve_model(model)
     except XtError:
         return {}
-    stages = (spec.extra or {}).get("stages", {}) or {}
+    stages = spec.stages
     if stage not in stages:
         known = ", ".join(sorted(stages)) or "none"
         raise XtError(f"Model '{model}' has no training stage '{stage}'.{_suggest(stage, sorted(stages))} "
@@ -327,17 +328,17 @@ def resolve_config(config_file: str | Path | None = None, cli: dict[str, Any] | 
     """YAML file, then CLI flags (``None`` values ignored), then ``--set`` overrides -> a TrainConfig."""
     values: dict[str, Any] = {}
     if config_file:
-        values = _deep_merge(values, read_yaml(config_file))
+        values = deep_merge(values, read_yaml(config_file))
         where = str(config_file)
         for key in values:
             if key not in _HINTS:
                 raise XtError(f"{where}: unknown key '{key}'.{_suggest(key, FIELD_NAMES)} "
                               f"See docs/training.md for the list of keys.")
-    values = _deep_merge(values, {k: v for k, v in (cli or {}).items() if v is not None and v != ()})
-    values = _deep_merge(values, parse_overrides(list(overrides)))
+    values = deep_merge(values, {k: v for k, v in (cli or {}).items() if v is not None and v != ()})
+    values = deep_merge(values, parse_overrides(list(overrides)))
     stage = values.get("stage")
     defaults = stage_defaults(str(values.get("model", "")), stage if isinstance(stage, str) else None)
-    values = _deep_merge(defaults, values)  # the user's own keys win over the stage's defaults
+    values = deep_merge(defaults, values)  # the user's own keys win over the stage's defaults
     cfg = from_dict(values, where=str(config_file) if config_file else "config")
     if not cfg.model:
         raise XtError("No model given; pass --model NAME (see 'xt list models') or set 'model' in the config file.")

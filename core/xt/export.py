@@ -78,13 +78,68 @@ def resolve_base(model: str, source: str | None = None) -> tuple[Any, str | None
     return spec, source if source is not None else spec.source
 
 
-def load_base(spec: Any, source: str | None, dtype: Any, **kwargs: Any) -> Any:
-    """Call the spec's model loader (or the generic one) unquantized in ``dtype``; ``kwargs`` include
-    the run's ``model_args``."""
-    from xt.model.loading import load_hf_causal_lm
+def load_base(spec: Any, source: str | None, dtype: Any, model_args: dict[str, Any] | None = None,
+              **kwargs: Any) -> Any:
+    """Call the spec's model loader (or the generic one) unquantized in ``dtype`` with the run's
+    ``model_args``; ``kwargs`` are further ``from_pretrained`` keywords."""
+    from xt.model.loading import call_model_loader
 
-    loader = spec.load_model or load_hf_causal_lm
-    return loader(source, dtype=dtype, **kwargs)
+    return call_model_loader(spec, source, model_args, dtype=dtype, **kwargs)
+
+
+def check_carries_weights(model: Any, folder: str | os.PathLike, spec: Any) -> None:
+    """Refuse a model that does not hold the weights saved in ``folder`` (a run's full-model result).
+
+    Every saved tensor whose name and shape the loaded model has in floating point is compared after
+    casting to the loaded dtype; one difference means the loader did not load from the folder it was
+    given.
+    """
+    import torch
+    from safetensors import safe_open
+
+    state = model.state_dict()
+    compared, differing = 0, []
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                loaded = state.get(key)
+                if loaded is None or loaded.is_meta or not loaded.is_floating_point() or \
+                        tuple(loaded.shape) != tuple(handle.get_slice(key).get_shape()):
+                    continue  # not in this model, or quantized on load (--bits): nothing to compare
+                compared += 1
+                saved = handle.get_tensor(key).to(loaded.dtype)
+                if not torch.equal(loaded.detach().cpu(), saved):
+                    differing.append(key)
+    if differing:
+        raise XtError(
+            f"The loader of model '{spec.name}' ({spec.plugin or 'unknown plugin'}) did not load the weights saved "
+            f"in '{folder}': {len(differing)} of {compared} tensors differ (first: '{differing[0]}'). Its load_model "
+            f"must load from the source folder it is given; xt will not use untrained weights in their place.")
+
+
+def load_saved_model(spec: Any, folder: str | os.PathLike, dtype: Any, **kwargs: Any) -> Any:
+    """A full model xt saved (a run's result folder) through the spec's loader, checked by
+    :func:`check_carries_weights`."""
+    model = load_base(spec, str(folder), dtype, **kwargs)
+    check_carries_weights(model, folder, spec)
+    return model
+
+
+def load_run_model(run_dir: str | os.PathLike, *, dtype: str = "fp32", merge: bool = True, **kwargs: Any) -> Any:
+    """The model a finished run produced, in ``dtype`` (bf16 | fp16 | fp32).
+
+    A LoRA / QLoRA run: its base through the model's loader (with the run's ``model_args``) and the
+    adapter applied, merged into plain weights when ``merge`` (else a ``PeftModel``). A full run: the
+    result folder through the model's loader, refused unless it carries the saved weights. ``kwargs``
+    go to the loader (``from_pretrained`` keywords such as ``attn_implementation``).
+    """
+    run = describe_run(run_dir)
+    spec, source = resolve_base(run.model, run.source)
+    torch_dtype = torch_dtype_of(dtype)
+    if not run.adapter:
+        return load_saved_model(spec, run.final_dir, torch_dtype, **kwargs)
+    base = load_base(spec, source, torch_dtype, run.model_args, **kwargs)
+    return apply_adapter(base, run.final_dir, merge=merge)
 
 
 def load_tokenizer_for(spec: Any, source: str | None, prefer: str | os.PathLike | None = None,
@@ -226,7 +281,7 @@ def merge_adapter(base: str, adapter_dir: str | os.PathLike, out_dir: str | os.P
     kwargs = {"trust_remote_code": True} if trust_remote_code else {}
     with staged_output(out_dir, overwrite) as tmp:
         tokenizer = load_tokenizer_for(spec, base_source, prefer=adapter, model_args=model_args)
-        model = load_base(spec, base_source, torch_dtype, **kwargs, **(model_args or {}))
+        model = load_base(spec, base_source, torch_dtype, model_args, **kwargs)
         generation_config = getattr(model, "generation_config", None)
         merged = apply_adapter(model, adapter, merge=True).to(torch_dtype)
         save_merged(merged, tokenizer, tmpl, tmp, generation_config)
@@ -259,11 +314,10 @@ def export_hf(run_dir: str | os.PathLike, out_dir: str | os.PathLike, **options:
                              template=run.template, source=run.source, model_args=run.model_args, finish=card)
     check_output_dir(out_dir, overwrite)
     spec, _ = resolve_base(run.model, run.source)
-    torch_dtype = torch_dtype_of(dtype)
     tmpl = template_for(run.template, (run.final_dir,), spec)
     with staged_output(out_dir, overwrite) as tmp:
         tokenizer = load_tokenizer_for(spec, str(run.final_dir), prefer=run.final_dir)
-        model = load_base(spec, str(run.final_dir), torch_dtype)
+        model = load_run_model(run_dir, dtype=dtype)
         save_merged(model, tokenizer, tmpl, tmp, getattr(model, "generation_config", None))
         card(tmp)
     return Path(out_dir)

@@ -61,7 +61,7 @@ def _stop_criteria(tokenizer: Any, stop_words: Sequence[str], prompt_len: int) -
     return StoppingCriteriaList([StopOnWords()])
 
 
-def _clean(tokenizer: Any, ids: list[int], stop_ids: Sequence[int], stop_words: Sequence[str]) -> str:
+def decode_reply(tokenizer: Any, ids: list[int], stop_ids: Sequence[int], stop_words: Sequence[str]) -> str:
     """Generated ids -> text, cut at the first stop id and the first stop word."""
     for i, tid in enumerate(ids):
         if tid in stop_ids:
@@ -109,7 +109,7 @@ def generate_from_ids(model: Any, tokenizer: Any, template: TemplateSpec, prompt
         kwargs["synced_gpus"] = True
     with preserved_training_state(model):
         output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-    return [_clean(tokenizer, row[width:].tolist(), stop_ids, stop_words) for row in output]
+    return [decode_reply(tokenizer, row[width:].tolist(), stop_ids, stop_words) for row in output]
 
 
 def generate_batch(model: Any, tokenizer: Any, template: TemplateSpec, conversations: Sequence[Sequence[dict]], *,

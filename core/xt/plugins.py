@@ -12,8 +12,10 @@ import difflib
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -23,26 +25,42 @@ from xt.errors import PluginConflictError, UnknownNameError, XtError
 from xt.specs import HOOK_OF_KIND, SPEC_KINDS, ModelSpec, Spec
 
 ENTRY_POINT_GROUP = "xt"
+PLUGINS_DIR_ENV = "XT_PLUGINS_DIR"
 BUILTIN_PLUGINS = ("xt.builtins",)
 CORE_DIST = "xt-core"
 
 
 @dataclass
 class PluginInfo:
-    """What ``xt plugins`` reports about one plugin."""
+    """What ``xt plugins`` reports about one plugin: its status, every error and every name conflict."""
 
     name: str
     dist: str
     version: str
     hooks: list[str] = field(default_factory=list)
     status: str = "ok"  # ok | broken | disabled
-    error: str | None = None
+    errors: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+
+    @property
+    def error(self) -> str | None:
+        """All errors in one line (None when there are none)."""
+        return "; ".join(self.errors) or None
+
+    def fail(self, message: str) -> None:
+        """Record an error: the plugin (or part of it) was skipped."""
+        self.status = "broken"
+        if message not in self.errors:
+            self.errors.append(message)
 
     def as_dict(self) -> dict[str, Any]:
         d = {"name": self.name, "distribution": self.dist, "version": self.version, "hooks": self.hooks,
              "status": self.status}
-        if self.error:
+        if self.errors:
             d["error"] = self.error
+            d["errors"] = list(self.errors)
+        if self.conflicts:
+            d["conflicts"] = list(self.conflicts)
         return d
 
 
@@ -77,9 +95,9 @@ def _hooks_of(pm: pluggy.PluginManager, plugin: Any) -> list[str]:
     return sorted(caller.name for caller in (pm.get_hookcallers(plugin) or []))
 
 
-def _unknown_hook_message(pm: pluggy.PluginManager, plugin: Any) -> str | None:
+def unknown_hook_problem(plugin: Any) -> str | None:
     """If the plugin marks a function that is not an xt hook, say which and suggest the nearest."""
-    known = _hook_names()
+    known = hook_names()
     for attr in dir(plugin):
         obj = getattr(plugin, attr, None)
         if callable(obj) and hasattr(obj, "xt_impl") and attr not in known:
@@ -89,7 +107,8 @@ def _unknown_hook_message(pm: pluggy.PluginManager, plugin: Any) -> str | None:
     return None
 
 
-def _hook_names() -> list[str]:
+def hook_names() -> list[str]:
+    """The names of every xt hook."""
     return [name for name in vars(hookspecs) if hasattr(getattr(hookspecs, name), "xt_spec")]
 
 
@@ -97,7 +116,7 @@ def register_plugin(pm: pluggy.PluginManager, plugin: Any, name: str, dist: str,
     """Register one plugin object, validating its hooks; a bad plugin is recorded as broken."""
     info = PluginInfo(name=name, dist=dist, version=version)
     _infos[name] = info
-    problem = _unknown_hook_message(pm, plugin)
+    problem = unknown_hook_problem(plugin)
     if problem is None:
         try:
             pm.register(plugin, name=name)
@@ -107,7 +126,7 @@ def register_plugin(pm: pluggy.PluginManager, plugin: Any, name: str, dist: str,
                 pm.unregister(plugin)
             problem = f"{type(exc).__name__}: {exc}"
     if problem:
-        info.status, info.error = "broken", problem
+        info.fail(problem)
         _report(f"plugin '{name}' from {dist} is broken and was skipped: {problem}")
     else:
         info.hooks = _hooks_of(pm, plugin)
@@ -136,18 +155,52 @@ def get_plugin_manager() -> pluggy.PluginManager:
             continue
         if ep.name in _infos and _infos[ep.name].status != "disabled":
             continue  # the same distribution installed twice on the path
-        try:
-            plugin = ep.load()
-        except Exception as exc:
-            info = PluginInfo(name=ep.name, dist=dist, version=version, status="broken",
-                              error=f"import failed: {type(exc).__name__}: {exc}")
-            _infos[ep.name] = info
-            _report(f"plugin '{ep.name}' from {dist} failed to import and was skipped: {type(exc).__name__}: {exc}")
-            if os.environ.get("XT_DEBUG"):
-                traceback.print_exc()
-            continue
-        register_plugin(pm, plugin, ep.name, dist, version)
+        _load_and_register(pm, ep.name, dist, version, ep.load)
+    for name, path in _plugins_dir_modules():
+        _load_and_register(pm, name, f"{PLUGINS_DIR_ENV}/{path.name}", "0", lambda p=path: _import_file(p))
     return pm
+
+
+def _load_and_register(pm: pluggy.PluginManager, name: str, dist: str, version: str, load: Callable[[], Any]) -> None:
+    """Import one plugin and register it; an import error marks it broken (reported once)."""
+    try:
+        plugin = load()
+    except Exception as exc:
+        info = PluginInfo(name=name, dist=dist, version=version)
+        info.fail(f"import failed: {type(exc).__name__}: {exc}")
+        _infos[name] = info
+        _report(f"plugin '{name}' from {dist} failed to import and was skipped: {type(exc).__name__}: {exc}")
+        if os.environ.get("XT_DEBUG"):
+            traceback.print_exc()
+        return
+    register_plugin(pm, plugin, name, dist, version)
+
+
+def _plugins_dir_modules() -> list[tuple[str, Path]]:
+    """``(plugin name, file)`` for each ``*.py`` in ``$XT_PLUGINS_DIR`` (plugins tried without packaging)."""
+    folder = os.environ.get(PLUGINS_DIR_ENV)
+    if not folder:
+        return []
+    if not os.path.isdir(folder):
+        _report(f"{PLUGINS_DIR_ENV}={folder} is not a folder; no plugins were loaded from it")
+        return []
+    return [(f"dir:{path.stem}", path) for path in sorted(Path(folder).glob("*.py")) if not path.name.startswith("_")]
+
+
+def _import_file(path: Path) -> Any:
+    """Import a plugin module from a file (its folder goes on ``sys.path`` so it can import its neighbours)."""
+    import importlib.util
+
+    module_name = f"xt_plugins_dir.{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def plugin_infos() -> list[PluginInfo]:
@@ -171,6 +224,18 @@ class Registry:
         self._by_kind: dict[str, dict[str, list[Spec]]] = {k: {} for k in SPEC_KINDS}
         self._specs: dict[str, list[Spec]] = {k: [] for k in SPEC_KINDS}
 
+    def refusal(self, kind: str, spec: Spec) -> str | None:
+        """Why ``spec`` may not be added: it takes a core name, or its distribution already has the name."""
+        singular = kind[:-1]
+        for key in dict.fromkeys((spec.name, *spec.aliases)):
+            for other in self._by_kind[kind].get(key, []):
+                if other.plugin == CORE_DIST and spec.plugin != CORE_DIST:
+                    return (f"{singular} '{spec.name}' re-registers the core's {singular} name '{key}' and was "
+                            f"skipped; give it another name")
+                if other.plugin == spec.plugin:
+                    return f"{singular} name '{key}' is registered twice by {spec.plugin}; the second one was skipped"
+        return None
+
     def add(self, kind: str, spec: Spec) -> None:
         self._specs[kind].append(spec)
         for key in dict.fromkeys((spec.name, *spec.aliases)):
@@ -181,6 +246,15 @@ class Registry:
     def all(self, kind: str) -> list[Spec]:
         """All specs of a kind (``models``, ``datasets``, ``templates``, ``collators``, ``exporters``)."""
         return list(self._specs[kind])
+
+    def conflicts(self, kind: str) -> dict[str, list[str]]:
+        """Names (or aliases) registered by more than one distribution -> those distributions."""
+        out = {}
+        for key, owners in self._by_kind[kind].items():
+            dists = sorted({s.plugin for s in owners})
+            if len(dists) > 1:
+                out[key] = dists
+        return out
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._by_kind[kind])
@@ -221,38 +295,92 @@ class Registry:
         return self.get("models", name_or_path)  # raises with suggestions
 
 
+def spec_problem(kind: str, spec: Any) -> str | None:
+    """Why one registered object is not a well-formed spec of ``kind`` (None when it is)."""
+    spec_type = SPEC_KINDS[kind]
+    if not isinstance(spec, spec_type):
+        return f"{HOOK_OF_KIND[kind]} registered a {type(spec).__name__}, expected a {spec_type.__name__}; it was skipped"
+    problems = spec.problems()
+    if problems:
+        return f"{spec_type.__name__} '{spec.name}' is malformed and was skipped: {'; '.join(problems)}"
+    return None
+
+
+def call_registration_hook(function: Callable[..., Any], kind: str) -> tuple[list[Spec], list[str]]:
+    """Call one implementation of a registration hook: the well-formed specs, and one problem per bad one.
+
+    A malformed registration drops only itself. An exception from the hook itself propagates.
+    """
+    specs: list[Spec] = []
+    problems: list[str] = []
+
+    def register(spec: Any) -> None:
+        problem = spec_problem(kind, spec)
+        if problem:
+            problems.append(problem)
+        else:
+            specs.append(spec)
+
+    function(register=register)
+    return specs, problems
+
+
+def _plugin_problem(plugin_name: str, message: str) -> None:
+    info = _infos.get(plugin_name)
+    if info is not None:
+        info.fail(message)
+    _report(f"plugin '{plugin_name}'{f' from {info.dist}' if info else ''}: {message}")
+
+
+def _run_hook(impl: Any, kind: str) -> list[tuple[Spec, str]]:
+    """The specs one plugin registers through one hook, stamped with its distribution."""
+    info = _infos.get(impl.plugin_name)
+    hook_name = HOOK_OF_KIND[kind]
+    try:
+        specs, problems = call_registration_hook(impl.function, kind)
+    except Exception as exc:
+        _plugin_problem(impl.plugin_name, f"hook {hook_name} raised {type(exc).__name__}: {exc}; its {kind} are skipped")
+        if os.environ.get("XT_DEBUG"):
+            traceback.print_exc()
+        return []
+    for problem in problems:
+        _plugin_problem(impl.plugin_name, problem)
+    for spec in specs:
+        spec.plugin = info.dist if info else impl.plugin_name
+    return [(spec, impl.plugin_name) for spec in specs]
+
+
+def _warn_conflicts(registry: Registry) -> None:
+    """Tell every plugin that shares a name with another plugin (using that name fails until resolved)."""
+    for info in _infos.values():
+        info.conflicts.clear()
+    for kind in SPEC_KINDS:
+        for key, dists in registry.conflicts(kind).items():
+            for info in _infos.values():
+                if info.dist not in dists or info.status == "disabled":
+                    continue
+                others = " and ".join(d for d in dists if d != info.dist)
+                message = (f"{kind[:-1]} name '{key}' is also registered by {others}; using it fails until one "
+                           f"is uninstalled or disabled with XT_DISABLE_PLUGINS")
+                if message not in info.conflicts:
+                    info.conflicts.append(message)
+                _report(f"warning: plugin '{info.name}' from {info.dist}: {message}")
+
+
 def _collect(pm: pluggy.PluginManager) -> Registry:
     registry = Registry()
     for kind, hook_name in HOOK_OF_KIND.items():
-        spec_type = SPEC_KINDS[kind]
+        found: list[tuple[Spec, str]] = []
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
-            info = _infos.get(impl.plugin_name)
-            dist = info.dist if info else impl.plugin_name
-            collected: list[Spec] = []
-
-            def register(spec: Any, _c: list = collected, _t: type = spec_type, _d: str = dist,
-                         _h: str = hook_name) -> None:
-                if not isinstance(spec, _t):
-                    raise TypeError(f"{_h} must register {_t.__name__} objects, got {type(spec).__name__}")
-                problems = spec.problems()
-                if problems:
-                    raise ValueError(f"{_t.__name__} '{getattr(spec, 'name', '?')}' is malformed: {'; '.join(problems)}")
-                spec.plugin = _d
-                _c.append(spec)
-
-            try:
-                impl.function(register=register)
-            except Exception as exc:
-                if info is not None:
-                    info.status = "broken"
-                    info.error = f"{hook_name} raised {type(exc).__name__}: {exc}"
-                _report(f"plugin '{impl.plugin_name}' from {dist}: hook {hook_name} raised "
-                        f"{type(exc).__name__}: {exc}; its {kind} are skipped")
-                if os.environ.get("XT_DEBUG"):
-                    traceback.print_exc()
-                continue
-            for spec in collected:
+            found += _run_hook(impl, kind)
+        found.sort(key=lambda pair: pair[0].plugin != CORE_DIST)  # core names are claimed first
+        for spec, plugin_name in found:
+            refusal = registry.refusal(kind, spec)
+            if refusal:
+                _plugin_problem(plugin_name, refusal)
+            else:
                 registry.add(kind, spec)
+    _warn_conflicts(registry)
     return registry
 
 

@@ -21,6 +21,30 @@ class RowError(ValueError):
     """Raised by a dataset map for a row that does not fit; the message says why."""
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What the run knows that a plugin callable may need, passed as an explicit argument.
+
+    ``image_folder`` is where rows' relative image paths live (``--image-folder``), ``model_args`` the
+    run's extra model arguments (``--set model_args.KEY=VALUE``), ``rank`` / ``world_size`` this
+    process's place in a multi-process run and ``run_dir`` the run folder (None outside training).
+    The parts that can change processed data (image folder, model args) are part of the data cache key.
+    """
+
+    image_folder: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
+    rank: int = 0
+    world_size: int = 1
+    run_dir: str | None = None
+
+    def data_fingerprint(self) -> dict[str, Any]:
+        """The fields that can change what a dataset map returns (for the data cache key)."""
+        import os
+
+        folder = os.path.abspath(os.path.expanduser(self.image_folder)) if self.image_folder else None
+        return {"image_folder": folder, "model_args": dict(self.model_args)}
+
+
 @dataclass
 class Spec:
     """Fields every registration has."""
@@ -49,6 +73,15 @@ class ModelSpec(Spec):
     ``config()`` returns the architecture's ``PretrainedConfig`` without downloading weights, so a
     dry run can count parameters offline. ``source`` None means the loader needs no files (a preset
     built from a config).
+
+    Fields the core reads for models that need more than a causal LM (all optional):
+    ``stages`` maps ``--stage NAME`` to config defaults; ``collator`` names the collator training
+    uses unless the config names one; ``batch_sampler(dataset, micro_batch_size, *, rank,
+    world_size, seed, shuffle, group_by_length, drop_last)`` replaces the core's batch sampler;
+    ``tokenizer_model_args`` True passes the run's ``model_args`` to ``load_tokenizer`` as keywords;
+    ``answer_image(chat_model, messages, image, *, max_new_tokens, temperature, top_p)`` answers
+    ``xt chat --image`` (``chat_model`` holds the loaded model, tokenizer and template). ``extra``
+    is for the plugin's own data: the core never reads it.
     """
 
     source: str | None = None
@@ -58,13 +91,25 @@ class ModelSpec(Spec):
     config: Callable[[], Any] | None = None
     lora_targets: Sequence[str] | str = "all-linear"
     default_template: str | None = None
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    collator: str | None = None
+    batch_sampler: Callable[..., Any] | None = None
+    tokenizer_model_args: bool = False
+    answer_image: Callable[..., Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def problems(self) -> list[str]:
         out = super().problems()
         if self.kind not in MODEL_KINDS:
             out.append(f"kind {self.kind!r} is not one of {', '.join(MODEL_KINDS)}")
-        for attr in ("load_model", "load_tokenizer", "config"):
+        if not isinstance(self.stages, dict) or not all(
+                isinstance(k, str) and isinstance(v, dict) for k, v in self.stages.items()):
+            out.append("stages must map stage names to dicts of config defaults")
+        if self.collator is not None and not isinstance(self.collator, str):
+            out.append("collator must be a collator name")
+        if not isinstance(self.tokenizer_model_args, bool):
+            out.append("tokenizer_model_args must be True or False")
+        for attr in ("load_model", "load_tokenizer", "config", "batch_sampler", "answer_image"):
             value = getattr(self, attr)
             if value is not None and not callable(value):
                 out.append(f"{attr} must be callable")
@@ -81,6 +126,10 @@ class DatasetSpec(Spec):
     else ``source`` (a hub dataset id with ``load_kwargs``). ``map_row(row)`` returns
     ``{"messages": [{"role", "content"}...], "images"?: [...]}`` or raises :class:`RowError`.
     ``scorer(prediction, reference)`` (optional) returns 1.0 for a correct generation, used by eval.
+    With ``pass_context`` True the map is called as ``map_row(row, context)`` with the run's
+    :class:`RunContext` (e.g. to find images under its ``image_folder``); the context's data
+    fingerprint is then part of the data cache key. ``offline_hint`` replaces the generic advice when
+    the dataset's hub source cannot be reached. ``extra`` is for the plugin's own data.
     """
 
     map_row: Callable[[dict[str, Any]], dict[str, Any]] | None = None
@@ -92,10 +141,16 @@ class DatasetSpec(Spec):
     sample_rows: Sequence[dict[str, Any]] = ()
     default_template: str | None = None
     scorer: Callable[[str, str], float] | None = None
+    pass_context: bool = False
+    offline_hint: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def problems(self) -> list[str]:
         out = super().problems()
+        if not isinstance(self.pass_context, bool):
+            out.append("pass_context must be True or False")
+        if self.offline_hint is not None and not isinstance(self.offline_hint, str):
+            out.append("offline_hint must be a string")
         if not callable(self.map_row):
             out.append("map_row is required and must be callable")
         if self.generate is not None and not callable(self.generate):
@@ -103,6 +158,12 @@ class DatasetSpec(Spec):
         if self.scorer is not None and not callable(self.scorer):
             out.append("scorer must be callable")
         return out
+
+    def map(self, row: dict[str, Any], context: RunContext | None = None) -> dict[str, Any]:
+        """``map_row`` called as declared: ``map_row(row, context)`` when ``pass_context``, else ``map_row(row)``."""
+        if self.pass_context:
+            return self.map_row(row, context or RunContext())
+        return self.map_row(row)
 
 
 class SpecialToken(str):
@@ -192,15 +253,40 @@ class CollatorSpec(Spec):
 
 @dataclass
 class ExporterSpec(Spec):
-    """An export target: ``export(run_dir, out_dir, **options)`` writes a deployable folder."""
+    """An export target: ``export(run_dir, out_dir, **options)`` writes a deployable folder.
+
+    ``chat(options) -> responder`` (optional) serves ``xt chat --backend NAME`` from what it exports.
+    """
 
     export: Callable[..., Any] | None = None
+    chat: Callable[..., Any] | None = None
 
     def problems(self) -> list[str]:
         out = super().problems()
         if not callable(self.export):
             out.append("export is required and must be callable")
+        if self.chat is not None and not callable(self.chat):
+            out.append("chat must be callable")
         return out
+
+
+def content_parts(content: list[Any], where: str) -> list[str | dict[str, Any]]:
+    """OpenAI-style content parts -> their texts (str) and image parts (the part's dict), in order.
+
+    Parts are ``{"type": "text", "text"}``, ``{"type": "image", ...}`` or ``{"type": "image_url", ...}``;
+    anything else raises :class:`RowError` naming ``where``.
+    """
+    pieces: list[str | dict[str, Any]] = []
+    for part in content:
+        if not isinstance(part, dict) or "type" not in part:
+            raise RowError(f"{where}: content parts must be dicts with a 'type'")
+        if part["type"] == "text":
+            pieces.append(str(part.get("text", "")))
+        elif part["type"] in ("image", "image_url"):
+            pieces.append(part)
+        else:
+            raise RowError(f"{where}: unsupported content part type {part['type']!r}")
+    return pieces
 
 
 def conversation_problems(conv: Any) -> list[str]:

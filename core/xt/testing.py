@@ -11,13 +11,22 @@ sample rows and validates the conversations, renders each template with a small 
 (and checks that the prompt used at inference is exactly the prefix used in training and that the
 Jinja chat template saved with results tokenizes to exactly the training ids), checks that
 model specs name known templates, that ``register_commands`` adds working click commands and that
-importing the plugin does not import torch. Every problem is reported in one failure message.
+importing the plugin does not import torch. It also calls every ``config()``; loads the tokenizer of
+every preset and local model and checks the special tokens its template needs; builds every small
+preset (at most ``MAX_PRESET_PARAMETERS`` by its config) twice, expecting equal weights, and reloads
+it from a saved folder; calls each collator factory with the options the core passes and collates
+samples of the plugin's own dataset and template; exports a tiny finished run through each exporter
+into a temporary folder; checks that ``data_files`` and the distribution's files exist; and checks
+names against everything installed (a core name is a problem, another plugin's name a warning).
+Every problem is reported in one failure message.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -25,7 +34,7 @@ from typing import Any
 import pluggy
 
 from xt import hookspecs
-from xt.specs import HOOK_OF_KIND, SPEC_KINDS, Spec, TemplateSpec, conversation_problems
+from xt.specs import HOOK_OF_KIND, Spec, TemplateSpec, conversation_problems
 
 _PROBE_CONVERSATION = {
     "messages": [
@@ -50,6 +59,7 @@ class PluginReport:
     distribution: str
     specs: dict[str, list[Spec]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def names(self, kind: str) -> list[str]:
         return [s.name for s in self.specs.get(kind, [])]
@@ -133,12 +143,322 @@ def _check_datasets(report: PluginReport, datasets: list[Any], max_rows: int) ->
             continue
         for i, row in enumerate(rows):
             try:
-                conv = d.map_row(row)
+                conv = d.map(row)
             except Exception as exc:
                 report.problems.append(f"{where}: map_row failed on sample row {i}: {type(exc).__name__}: {exc}")
                 continue
             for p in conversation_problems(conv):
                 report.problems.append(f"{where}: sample row {i} maps to an invalid conversation: {p}")
+
+
+#: Presets above this many parameters (by their config) are not built by the kit.
+MAX_PRESET_PARAMETERS = 20_000_000
+
+
+def _problem(report: PluginReport, where: str, what: str, exc: BaseException) -> None:
+    report.problems.append(f"{where}: {what} raised {type(exc).__name__}: {exc}")
+
+
+_FAILED = object()
+
+
+def _attempt(report: PluginReport, where: str, what: str, signature: str, call: Callable[..., Any], *args: Any,
+             **kwargs: Any) -> Any:
+    """``call(*args, **kwargs)``, or ``_FAILED`` with a problem recorded (a TypeError names the signature expected)."""
+    try:
+        return call(*args, **kwargs)
+    except TypeError as exc:
+        report.problems.append(f"{where}: {what} raised TypeError: {exc}; it must accept {signature}")
+    except Exception as exc:
+        _problem(report, where, what, exc)
+    return _FAILED
+
+
+def _check_configs(report: PluginReport, models: list[Any]) -> dict[str, Any]:
+    """Call every ``config()``; the configs that worked, by model name."""
+    configs = {}
+    for spec in models:
+        if spec.config is None:
+            continue
+        try:
+            config = spec.config()
+        except Exception as exc:
+            _problem(report, f"model '{spec.name}'", "config()", exc)
+            continue
+        if not hasattr(config, "to_dict"):
+            report.problems.append(f"model '{spec.name}': config() returned {type(config).__name__}, not a "
+                                   f"transformers PretrainedConfig")
+            continue
+        configs[spec.name] = config
+    return configs
+
+
+def _is_small_preset(spec: Any, config: Any) -> bool:
+    """A preset built from a config (no files), small enough to build in a test."""
+    if spec.source is not None or spec.load_model is None or config is None:
+        return False
+    from xt.train.plan import count_from_config
+
+    try:
+        return count_from_config(config).total <= MAX_PRESET_PARAMETERS
+    except Exception:
+        return False
+
+
+def _local_source(spec: Any) -> bool:
+    import os
+
+    return spec.source is not None and os.path.isdir(os.path.expanduser(spec.source))
+
+
+def _template_of(report: PluginReport, name: str | None) -> TemplateSpec | None:
+    own = {n: t for t in report.specs.get("templates", []) for n in (t.name, *t.aliases)}
+    if name in own:
+        return own[name]
+    from xt.plugins import get_registry
+
+    try:
+        return get_registry().get("templates", name or "default")
+    except Exception:
+        return None
+
+
+def _special_token_problems(template: TemplateSpec, tokenizer: Any) -> list[str]:
+    """BOS / EOS markers the tokenizer lacks, and literal token ids outside its vocabulary."""
+    from xt.specs import SpecialToken
+
+    out = []
+    size = len(tokenizer)
+    for part_name in ("prefix", "system", "user", "assistant", "assistant_end", "turn_sep"):
+        part = getattr(template, part_name)
+        pieces = [part] if isinstance(part, str) and not isinstance(part, SpecialToken) else list(part)
+        for piece in pieces:
+            if isinstance(piece, SpecialToken):
+                if getattr(tokenizer, f"{piece}_token_id", None) is None:
+                    out.append(f"its {part_name} part needs the tokenizer's {piece.upper()} token, which it lacks")
+            elif isinstance(piece, int) and not 0 <= piece < size:
+                out.append(f"its {part_name} part uses token id {piece}, outside the tokenizer's {size} tokens")
+    return out
+
+
+def _check_tokenizers(report: PluginReport, models: list[Any], configs: dict[str, Any]) -> dict[str, Any]:
+    """Load the tokenizer of every preset and local model; check the special tokens its template needs."""
+    from xt.model.setup import load_tokenizer
+
+    tokenizers = {}
+    for spec in models:
+        if not (_is_small_preset(spec, configs.get(spec.name)) or _local_source(spec)):
+            continue
+        where = f"model '{spec.name}'"
+        try:
+            tokenizer = load_tokenizer(spec, spec.source)
+        except Exception as exc:
+            _problem(report, where, "loading its tokenizer", exc)
+            continue
+        if tokenizer is None or not callable(getattr(tokenizer, "encode", None)):
+            report.problems.append(f"{where}: its tokenizer loader returned {type(tokenizer).__name__}, not a "
+                                   f"tokenizer (an object with encode())")
+            continue
+        tokenizers[spec.name] = tokenizer
+        template = _template_of(report, spec.default_template)
+        if template is not None:
+            for p in _special_token_problems(template, tokenizer):
+                report.problems.append(f"{where}: template '{template.name}': {p}")
+    return tokenizers
+
+
+def _weights(model: Any) -> dict[str, Any]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def _same_weights(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _build_preset(spec: Any) -> Any:
+    import torch
+
+    from xt.model.loading import call_model_loader
+
+    return call_model_loader(spec, None, {}, dtype=torch.float32, attn_implementation="sdpa")
+
+
+def _check_presets(report: PluginReport, models: list[Any], configs: dict[str, Any]) -> None:
+    """Build every small preset twice (same weights) and reload it from a saved folder (same weights)."""
+    import tempfile
+
+    for spec in models:
+        if not _is_small_preset(spec, configs.get(spec.name)):
+            continue
+        where = f"model '{spec.name}'"
+        try:
+            first, second = _build_preset(spec), _build_preset(spec)
+        except Exception as exc:
+            _problem(report, where, "building the preset", exc)
+            continue
+        weights = _weights(first)
+        if not _same_weights(weights, _weights(second)):
+            report.problems.append(f"{where}: two builds of the preset have different weights; seed the "
+                                   f"initialisation (xt cannot reproduce or export such a run)")
+        with tempfile.TemporaryDirectory() as folder:
+            try:
+                first.save_pretrained(folder, safe_serialization=True)
+                reloaded = type(first).from_pretrained(folder)
+            except Exception as exc:
+                _problem(report, where, "saving and reloading the preset", exc)
+                continue
+            if not _same_weights(weights, _weights(reloaded)):
+                report.problems.append(f"{where}: reloading the saved preset gives different weights")
+
+
+def _sample_batch(report: PluginReport, tokenizer: Any) -> tuple[list[dict[str, Any]], str]:
+    """Encoded samples from the plugin's own dataset and template (else the core's), and what they came from."""
+    from xt.builtins import _SAMPLE_ROWS, map_conversation_row
+
+    datasets = [d for d in report.specs.get("datasets", []) if d.sample_rows]
+    dataset_name = datasets[0].name if datasets else "conversation"
+    mapper = datasets[0].map if datasets else map_conversation_row
+    rows = list(datasets[0].sample_rows if datasets else _SAMPLE_ROWS)
+    own = report.specs.get("templates", [])
+    template = own[0] if own else _template_of(report, datasets[0].default_template if datasets else None)
+    samples = []
+    for row in rows:
+        conv = mapper(row)
+        sample = dict(template.encode(conv, tokenizer))
+        sample["position_ids"] = list(range(len(sample["input_ids"])))
+        if conv.get("images") is not None:
+            sample["images"] = list(conv["images"])
+        samples.append(sample)
+    return samples, f"dataset '{dataset_name}' with template '{template.name}'"
+
+
+def _check_collators(report: PluginReport, tokenizers: dict[str, Any]) -> None:
+    """Call each collator factory as the core does and collate samples of the plugin's own data."""
+    from xt.data.collate import make_collate
+    from xt.tokenizers import tiny_tokenizer
+
+    for spec in report.specs.get("collators", []):
+        where = f"collator '{spec.name}'"
+        tokenizer = next(iter(tokenizers.values()), None) or tiny_tokenizer()
+        collate = _attempt(report, where, "calling its factory as the core does",
+                           "factory(tokenizer=..., pad_token_id=..., attn_implementation=..., **more)",
+                           make_collate, spec, tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id,
+                           attn_implementation="sdpa")
+        if collate is _FAILED:
+            continue
+        if not callable(collate):
+            report.problems.append(f"{where}: its factory returned {type(collate).__name__}, not a function")
+            continue
+        try:
+            samples, what = _sample_batch(report, tokenizer)
+        except Exception as exc:
+            _problem(report, where, "preparing samples", exc)
+            continue
+        try:
+            batch = collate(samples)
+        except Exception as exc:
+            _problem(report, where, f"collating samples of {what}", exc)
+            continue
+        if not isinstance(batch, dict) or "input_ids" not in batch or "labels" not in batch:
+            report.problems.append(f"{where}: collating samples of {what} gave no dict with input_ids and labels")
+
+
+def _tiny_model(report: PluginReport, configs: dict[str, Any], tokenizers: dict[str, Any]) -> tuple[Any, Any, str]:
+    """The plugin's first small causal-LM preset (model, tokenizer, template), else a tiny random Llama."""
+    for spec in report.specs.get("models", []):
+        if spec.kind == "causal-lm" and spec.name in tokenizers and _is_small_preset(spec, configs.get(spec.name)):
+            return _build_preset(spec), tokenizers[spec.name], spec.default_template or "default"
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from xt.tokenizers import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config), tokenizer, "default"
+
+
+def _tiny_run(folder: Any, model: Any, tokenizer: Any, template: str) -> Any:
+    """A finished full-model run whose result folder holds ``model`` (what exporters are tried on)."""
+    from pathlib import Path
+
+    from xt.run import RunInfo
+
+    run_dir = Path(folder) / "run"
+    final = run_dir / "final"
+    model.save_pretrained(str(final), safe_serialization=True)
+    tokenizer.save_pretrained(str(final))
+    RunInfo(model=str(final), model_source=str(final), template=template, method="full", final_dir="final",
+            adapter=False, status="finished").save(run_dir)
+    return run_dir
+
+
+def _check_exporters(report: PluginReport, configs: dict[str, Any], tokenizers: dict[str, Any]) -> None:
+    """Export a tiny finished run (of the plugin's own preset when it has one) through each exporter."""
+    import tempfile
+    from pathlib import Path
+
+    exporters = report.specs.get("exporters", [])
+    if not exporters:
+        return
+    try:
+        tiny = _tiny_model(report, configs, tokenizers)
+    except Exception as exc:
+        _problem(report, "exporters", "building a tiny model to export", exc)
+        return
+    for spec in exporters:
+        where = f"exporter '{spec.name}'"
+        with tempfile.TemporaryDirectory() as folder:
+            run_dir = _tiny_run(folder, *tiny)
+            out = Path(folder) / "out"
+            done = _attempt(report, where, "exporting a tiny finished run", "export(run_dir, out_dir, **options)",
+                            spec.export, str(run_dir), str(out))
+            if done is _FAILED:
+                continue
+            if not out.is_dir() or not any(out.iterdir()):
+                report.problems.append(f"{where}: exporting a tiny finished run wrote nothing to the output folder")
+
+
+def _check_files(report: PluginReport) -> None:
+    """Every dataset's ``data_files`` match files, and every file the distribution lists exists."""
+    import glob
+    import os
+
+    for spec in report.specs.get("datasets", []):
+        for pattern in spec.data_files:
+            if not glob.glob(os.path.expanduser(str(pattern))):
+                report.problems.append(f"dataset '{spec.name}': data_files entry '{pattern}' matches no file")
+    try:
+        files = metadata.files(report.distribution) or []
+    except metadata.PackageNotFoundError:
+        return
+    for f in files:
+        if not str(f).endswith(".pyc") and not os.path.exists(f.locate()):
+            report.problems.append(f"distribution {report.distribution} lists '{f}', which is not installed")
+
+
+def _check_names(report: PluginReport) -> None:
+    """Names the core owns are errors; names another installed plugin registers are warnings."""
+    from xt.plugins import CORE_DIST, get_registry
+
+    registry = get_registry()
+    for kind, specs in report.specs.items():
+        for spec in specs:
+            for name in dict.fromkeys((spec.name, *spec.aliases)):
+                owners = {s.plugin for s in registry.all(kind) if name in (s.name, *s.aliases)}
+                owners.discard(report.distribution)
+                if CORE_DIST in owners:
+                    report.problems.append(f"{kind[:-1]} '{spec.name}' re-registers the core's {kind[:-1]} name "
+                                           f"'{name}'; xt skips it, give it another name")
+                elif owners:
+                    report.warnings.append(f"{kind[:-1]} name '{name}' is also registered by "
+                                           f"{' and '.join(sorted(owners))}; users with both installed cannot use it")
 
 
 def _check_import_is_light(report: PluginReport, module: str) -> None:
@@ -176,23 +496,16 @@ def check_plugin_object(obj: Any, name: str, *, distribution: str = "?", module:
 
     ``module``, when given, is imported in a fresh interpreter to check it does not import torch.
     """
+    from xt.plugins import call_registration_hook, unknown_hook_problem
+
     report = PluginReport(plugin=name, distribution=distribution)
-    ep_name = name
-    from xt.plugins import _hook_names
-
-    known_hooks = _hook_names()
-    for attr in dir(obj):
-        fn = getattr(obj, attr, None)
-        if callable(fn) and hasattr(fn, "xt_impl") and attr not in known_hooks:
-            import difflib
-
-            near = difflib.get_close_matches(attr, known_hooks, n=1)
-            report.problems.append(f"'{attr}' is marked @hookimpl but is not an xt hook"
-                                   + (f" (did you mean '{near[0]}'?)" if near else ""))
+    unknown = unknown_hook_problem(obj)
+    if unknown:
+        report.problems.append(unknown)
     pm = pluggy.PluginManager("xt")
     pm.add_hookspecs(hookspecs)
     try:
-        pm.register(obj, name=ep_name)
+        pm.register(obj, name=name)
         pm.check_pending()
     except Exception as exc:
         report.problems.append(f"registering the plugin failed: {type(exc).__name__}: {exc}")
@@ -202,24 +515,29 @@ def check_plugin_object(obj: Any, name: str, *, distribution: str = "?", module:
         impls = getattr(pm.hook, hook).get_hookimpls() if pm.is_registered(obj) else []
         for impl in impls:
             try:
-                impl.function(register=collected.append)
+                specs, problems = call_registration_hook(impl.function, kind)
             except Exception as exc:
                 report.problems.append(f"hook {hook} raised {type(exc).__name__}: {exc}")
+                continue
+            report.problems.extend(problems)
+            collected.extend(specs)
         seen: set[str] = set()
         for spec in collected:
-            if not isinstance(spec, SPEC_KINDS[kind]):
-                report.problems.append(f"{hook} registered a {type(spec).__name__}, expected {SPEC_KINDS[kind].__name__}")
-                continue
-            for p in spec.problems():
-                report.problems.append(f"{kind[:-1]} '{spec.name}': {p}")
             for n in (spec.name, *spec.aliases):
                 if n in seen:
                     report.problems.append(f"{kind[:-1]} name '{n}' is registered twice by this plugin")
                 seen.add(n)
-        report.specs[kind] = [s for s in collected if isinstance(s, SPEC_KINDS[kind])]
+        report.specs[kind] = collected
 
     _check_datasets(report, report.specs["datasets"], max_rows)
     _check_templates(report, report.specs["templates"])
+    _check_names(report)
+    _check_files(report)
+    configs = _check_configs(report, report.specs["models"])
+    tokenizers = _check_tokenizers(report, report.specs["models"], configs)
+    _check_presets(report, report.specs["models"], configs)
+    _check_collators(report, tokenizers)
+    _check_exporters(report, configs, tokenizers)
 
     from xt.plugins import get_registry
 
@@ -251,6 +569,8 @@ def check_plugin_object(obj: Any, name: str, *, distribution: str = "?", module:
     if module:
         _check_import_is_light(report, module)
 
+    for message in report.warnings:
+        warnings.warn(f"plugin '{name}': {message}", stacklevel=2)
     if report.problems and raise_on_problems:
         lines = "\n".join(f"  - {p}" for p in report.problems)
         raise PluginCheckError(f"Plugin '{name}' ({report.distribution}) has {len(report.problems)} "

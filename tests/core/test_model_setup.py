@@ -59,13 +59,13 @@ def test_generation_does_not_disturb_training_state(model_dir):
 
 
 def test_generation_stops_at_stop_words_and_strips_them(model_dir):
-    from xt.generation import _clean
+    from xt.generation import decode_reply
     from xt.tokenizers import tiny_tokenizer
 
     tok = tiny_tokenizer()
     ids = tok.encode("yes STOP more", add_special_tokens=False)
-    assert _clean(tok, ids, [2], ["STOP"]) == "yes"
-    assert _clean(tok, ids + [2] + ids, [2], []) == tok.decode(ids).strip()
+    assert decode_reply(tok, ids, [2], ["STOP"]) == "yes"
+    assert decode_reply(tok, ids + [2] + ids, [2], []) == tok.decode(ids).strip()
 
 
 def _reference_fp32(qmodel):

@@ -174,3 +174,41 @@ def test_generated_plugin_installs_shows_up_and_its_tests_pass(tmp_path):
         subprocess.run(PIP + ["uninstall", "-y", "xt-scaffolded"], check=True)
     again = _xt("plugin", "new", "scaffolded", "--dir", str(tmp_path))
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_a_wheel_of_the_scaffold_carries_its_package_data(tmp_path):
+    import zipfile
+
+    assert _xt("plugin", "new", "wheeled", "--dir", str(tmp_path)).returncode == 0
+    built = subprocess.run(PIP + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
+                                  str(tmp_path / "xt-wheeled")], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("xt_wheeled-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "xt_wheeled/data/qa.jsonl" in names and "xt_wheeled/plugin.py" in names
+
+
+DIR_PLUGIN = GOOD.replace("tmp-good-set", "dir-only-set").replace("tmp-shared-name", "dir-other-set") \
+    .replace("tmp-hello", "dir-hello")
+
+
+def test_plugins_dir_loads_modules_without_packaging(tmp_path):
+    folder = tmp_path / "my-plugins"
+    folder.mkdir()
+    (folder / "quick.py").write_text(textwrap.dedent(DIR_PLUGIN))
+    (folder / "broken.py").write_text(BROKEN_IMPORT)
+    by_flag = {p["name"]: p for p in json.loads(_xt("--plugins-dir", str(folder), "plugins").stdout)}
+    assert by_flag["dir:quick"]["status"] == "ok"
+    assert by_flag["dir:quick"]["distribution"] == "XT_PLUGINS_DIR/quick.py"
+    assert by_flag["dir:broken"]["status"] == "broken" and "a_module_that_does_not_exist_xt" in by_flag["dir:broken"]["error"]
+    listed = _xt("list", "datasets", env={"XT_PLUGINS_DIR": str(folder)}).stdout
+    assert "dir-only-set" in listed
+    assert _xt("dir-hello", env={"XT_PLUGINS_DIR": str(folder)}).stdout.strip() == "hello from tmp-good"
+    assert "dir-only-set" not in _xt("list", "datasets").stdout
+
+
+def test_help_of_a_core_only_install_names_no_plugin():
+    text = _xt("--help", env={"XT_LOAD_PLUGINS": ""}).stdout.lower()
+    assert "--plugins-dir" in text
+    for plugin in ("baichuan", "alpaca", "llava", "lmdeploy"):
+        assert plugin not in text, plugin

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from xt import hookimpl, plugins
 from xt.errors import PluginConflictError, UnknownNameError
-from xt.specs import DatasetSpec, ModelSpec, TemplateSpec
+from xt.specs import CollatorSpec, DatasetSpec, ModelSpec, TemplateSpec
 
 
 def _map(row):
@@ -124,12 +124,105 @@ def test_check_pending_catches_unknown_hook_without_marker_heuristics():
         pm.check_pending()
 
 
-def test_malformed_registration_is_reported_and_skipped():
+class ChatmlAgainPlugin:
+    @hookimpl
+    def prompt_template(register):
+        register(TemplateSpec(name="chatml"))  # the core's name
+        register(TemplateSpec(name="own-template", aliases=("plain",)))  # a core name as an alias
+        register(TemplateSpec(name="fine-template"))
+
+
+class TwiceByOnePlugin:
+    @hookimpl
+    def dataset_map(register):
+        register(DatasetSpec(name="twice", map_row=_map))
+        register(DatasetSpec(name="twice", map_row=_map))
+
+
+class WrongTypePlugin:
+    @hookimpl
+    def collate(register):
+        register({"name": "not-a-spec"})
+        register(CollatorSpec(name="good-collator", factory=dict))
+
+
+def test_malformed_registration_drops_only_itself_and_every_problem_is_reported():
     _add(MalformedPlugin, "malformed")
+    _add(WrongTypePlugin, "wrongtype")
     reg = plugins.get_registry()
-    assert "fine-model" not in reg.names("models")  # the hook failed as a whole
-    info = {p.name: p for p in plugins.plugin_infos()}["malformed"]
-    assert info.status == "broken" and "kind 'telepathic'" in info.error
+    assert "fine-model" in reg.names("models")  # registered by the same hook call as the bad spec
+    assert "good-collator" in reg.names("collators")
+    infos = {p.name: p for p in plugins.plugin_infos()}
+    assert infos["malformed"].status == "broken"
+    assert len(infos["malformed"].errors) == 1  # one bad spec, one error naming both of its problems
+    assert "kind 'telepathic'" in infos["malformed"].error and "'Bad Name'" in infos["malformed"].error
+    assert infos["wrongtype"].errors == ["collate registered a dict, expected a CollatorSpec; it was skipped"]
+
+
+def test_reregistering_a_core_name_is_an_error_and_the_core_keeps_it(capsys):
+    _add(ChatmlAgainPlugin, "again", "xt-again")
+    reg = plugins.get_registry()
+    assert reg.get("templates", "chatml").plugin == "xt-core"
+    assert reg.get("templates", "plain").plugin == "xt-core"
+    assert "own-template" not in reg.names("templates")
+    assert reg.get("templates", "fine-template").plugin == "xt-again"
+    info = {p.name: p for p in plugins.plugin_infos()}["again"]
+    assert info.status == "broken" and len(info.errors) == 2
+    assert "re-registers the core's template name 'chatml'" in info.errors[0]
+    assert "re-registers the core's template name 'plain'" in info.errors[1]
+    assert "'chatml'" in capsys.readouterr().err
+
+
+def test_a_name_registered_twice_by_one_plugin_keeps_the_first():
+    _add(TwiceByOnePlugin, "twice", "xt-twice")
+    reg = plugins.get_registry()
+    assert len([s for s in reg.all("datasets") if s.name == "twice"]) == 1
+    assert reg.get("datasets", "twice").plugin == "xt-twice"
+    info = {p.name: p for p in plugins.plugin_infos()}["twice"]
+    assert info.errors == ["dataset name 'twice' is registered twice by xt-twice; the second one was skipped"]
+
+
+def test_plugins_and_list_commands_show_every_error_and_conflict():
+    import json
+
+    from click.testing import CliRunner
+    from xt.commands.info import list_command, plugins_command
+
+    _add(GoodPlugin, "good", "xt-good")
+    _add(SameNamePlugin, "same", "xt-same")
+    _add(MalformedPlugin, "malformed", "xt-malformed")
+    _add(ChatmlAgainPlugin, "again", "xt-again")
+    result = CliRunner().invoke(plugins_command, [])
+    assert result.exit_code == 0, result.output
+    shown = {p["name"]: p for p in json.loads(result.stdout)}
+    assert shown["good"]["status"] == "ok"
+    assert shown["good"]["conflicts"] == [
+        "dataset name 'qa-tiny' is also registered by xt-same; using it fails until one is uninstalled or "
+        "disabled with XT_DISABLE_PLUGINS"]
+    assert "xt-good" in shown["same"]["conflicts"][0]
+    assert len(shown["again"]["errors"]) == 2 and shown["again"]["status"] == "broken"
+    assert "telepathic" in shown["malformed"]["errors"][0]
+    assert "conflicts" not in shown["xt.builtins"] and "errors" not in shown["xt.builtins"]
+
+    table = CliRunner().invoke(list_command, ["datasets"]).stdout
+    rows = [line for line in table.splitlines() if line.startswith("qa-tiny ")]
+    assert len(rows) == 2 and all("DUPLICATE" in row for row in rows)
+    assert "xt-same" in rows[0] + rows[1] and "xt-good" in rows[0] + rows[1]
+    assert "DUPLICATE" not in "\n".join(line for line in table.splitlines() if not line.startswith("qa-tiny "))
+    listed = json.loads(CliRunner().invoke(list_command, ["datasets", "--json"]).stdout)
+    assert sorted(r["duplicate_of"] for r in listed if r["name"] == "qa-tiny") == [["xt-good"], ["xt-same"]]
+    assert all(r["duplicate_of"] == [] for r in listed if r["name"] != "qa-tiny")
+
+
+def test_dry_run_fails_on_an_ambiguous_dataset_name():
+    from xt.config import resolve_config
+    from xt.train.plan import plan
+
+    _add(GoodPlugin, "good", "xt-good")
+    _add(SameNamePlugin, "same", "xt-same")
+    cfg = resolve_config(None, {"model": "hf", "dataset": "qa-tiny"}, ())
+    with pytest.raises(PluginConflictError, match="xt-good and xt-same"):
+        plan(cfg)
 
 
 def test_unregister_removes_registrations():
@@ -154,7 +247,7 @@ def test_builtins_pass_the_conformance_kit_and_a_bad_template_fails_it():
     import xt.builtins
     from xt.testing import PluginCheckError, check_plugin_object
 
-    report = check_plugin_object(xt.builtins, "xt.builtins", module="xt.builtins")
+    report = check_plugin_object(xt.builtins, "xt.builtins", distribution="xt-core", module="xt.builtins")
     assert report.names("templates") == ["default", "chatml", "plain"]
 
     class Broken:
@@ -170,3 +263,48 @@ def test_builtins_pass_the_conformance_kit_and_a_bad_template_fails_it():
         check_plugin_object(Broken, "broken")
     assert "user part must contain '{content}'" in str(err.value)
     assert "neither sample_rows nor generate" in str(err.value)  # every problem in one message
+
+
+def test_a_datasets_default_template_applies_to_hub_ids_and_folders(tmp_path):
+    from xt.data.pipeline import choose_template
+
+    class ChatmlData:
+        @hookimpl
+        def dataset_map(register):
+            register(DatasetSpec(name="chatml-data", map_row=_map, default_template="chatml"))
+
+    _add(ChatmlData, "chatml-data")
+    reg = plugins.get_registry()
+    dataset = reg.get("datasets", "chatml-data")
+    for model in ("someorg/some-model", str(tmp_path)):
+        assert choose_template(reg.resolve_model(model), dataset).name == "chatml"
+    assert choose_template(reg.resolve_model("someorg/some-model"), reg.get("datasets", "conversation")).name == "default"
+
+
+@pytest.mark.parametrize(("fields", "problem"), [
+    ({"stages": {"pretrain": ["lr=1"]}}, "stages must map stage names to dicts of config defaults"),
+    ({"collator": 3}, "collator must be a collator name"),
+    ({"batch_sampler": "grouped"}, "batch_sampler must be callable"),
+    ({"tokenizer_model_args": "yes"}, "tokenizer_model_args must be True or False"),
+    ({"answer_image": 1}, "answer_image must be callable"),
+])
+def test_model_fields_the_core_reads_are_validated(fields, problem):
+    assert ModelSpec(name="m", **fields).problems() == [problem]
+    assert ModelSpec(name="m", stages={"pretrain": {"lr": 1e-3}}, collator="llava", batch_sampler=len,
+                     tokenizer_model_args=True, answer_image=len).problems() == []
+
+
+def test_dataset_map_gets_the_run_context_only_when_it_asks():
+    from xt.specs import RunContext
+
+    seen = []
+    plain = DatasetSpec(name="plain", map_row=lambda row: seen.append(("plain", row)) or _map(row))
+    wants = DatasetSpec(name="wants", pass_context=True,
+                        map_row=lambda row, context: seen.append(("wants", context.image_folder)) or _map(row))
+    row = {"q": "x", "a": "y"}
+    plain.map(row, RunContext(image_folder="/img"))
+    wants.map(row, RunContext(image_folder="/img"))
+    wants.map(row)
+    assert seen == [("plain", row), ("wants", "/img"), ("wants", None)]
+    assert RunContext(image_folder="a").data_fingerprint() != RunContext(image_folder="b").data_fingerprint()
+    assert RunContext(rank=1, run_dir="x").data_fingerprint() == RunContext().data_fingerprint()

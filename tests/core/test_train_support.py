@@ -80,7 +80,7 @@ class TrainTestPlugin:
         register(ModelSpec(
             name=MODEL, source=str(self.model_dir), load_model=load_hf_causal_lm, load_tokenizer=load_hf_tokenizer,
             config=self.config, default_template="default",
-            extra={"stages": {"warm": {"lr": 0.005, "max_steps": 3}}},
+            stages={"warm": {"lr": 0.005, "max_steps": 3}},
         ))
 
     @hookimpl

@@ -30,15 +30,11 @@ def _common(fn: Any) -> Any:
     return fn
 
 
-def _resolve(dataset_name: str, model_name: str, template_name: str | None, model_path: str | None = None,
-             image_folder: str | None = None) -> tuple[Any, Any, Any]:
-    import os
-
+def _resolve(dataset_name: str, model_name: str, template_name: str | None,
+             model_path: str | None = None) -> tuple[Any, Any, Any]:
     from xt.data.pipeline import choose_template
     from xt.plugins import get_registry
 
-    if image_folder:
-        os.environ["XT_IMAGE_FOLDER"] = image_folder
     registry = get_registry()
     dataset = registry.get("datasets", dataset_name)
     model = registry.resolve_model(model_name)
@@ -55,11 +51,13 @@ def _resolve(dataset_name: str, model_name: str, template_name: str | None, mode
 
 
 def _options(data_files: tuple[str, ...], split: str, max_length: int, length_policy: str, skip_bad_rows: bool,
-             **extra: Any) -> Any:
+             image_folder: str | None, **extra: Any) -> Any:
     from xt.data.pipeline import DataOptions
+    from xt.specs import RunContext
 
     return DataOptions(data_files=list(data_files) or None, split=split, max_length=max_length,
-                       length_policy=length_policy, skip_bad_rows=skip_bad_rows, **extra)
+                       length_policy=length_policy, skip_bad_rows=skip_bad_rows,
+                       context=RunContext(image_folder=image_folder), **extra)
 
 
 def _attention_weight(model_name: str) -> float:
@@ -106,8 +104,8 @@ def preview_command(dataset_name: str, model_name: str, template_name: str | Non
     from xt.data.pipeline import load_conversations
     from xt.data.process import apply_length_policy
 
-    dataset, template, tokenizer = _resolve(dataset_name, model_name, template_name, model_path, image_folder)
-    options = _options(data_files, split, max_length, length_policy, skip_bad_rows)
+    dataset, template, tokenizer = _resolve(dataset_name, model_name, template_name, model_path)
+    options = _options(data_files, split, max_length, length_policy, skip_bad_rows, image_folder)
     conversations = load_conversations(dataset, options)[: max(0, count)]
     color = sys.stdout.isatty()
     click.echo(f"dataset {dataset.name}, template {template.name}, {len(conversations)} sample(s); "
@@ -150,8 +148,8 @@ def stats_command(dataset_name: str, model_name: str, template_name: str | None,
 
     from xt.data.pipeline import build_dataset
 
-    dataset, template, tokenizer = _resolve(dataset_name, model_name, template_name, model_path, image_folder)
-    options = _options(data_files, split, max_length, length_policy, skip_bad_rows,
+    dataset, template, tokenizer = _resolve(dataset_name, model_name, template_name, model_path)
+    options = _options(data_files, split, max_length, length_policy, skip_bad_rows, image_folder,
                        pack="auto" if auto_layout else pack, micro_batch_size=micro_batch_size,
                        attention_weight=_attention_weight(model_name) if auto_layout else 0.0,
                        num_proc=num_proc, cache_dir=cache_dir, use_cache=not no_cache)

@@ -19,8 +19,10 @@ def plugins_command() -> None:
     click.echo(json.dumps([p.as_dict() for p in plugin_infos()], indent=2))
 
 
-def _row(kind: str, spec) -> dict:
+def _row(kind: str, spec, conflicts: dict[str, list[str]]) -> dict:
     row = {"name": spec.name, "aliases": list(spec.aliases), "plugin": spec.plugin, "description": spec.description}
+    shared = {n: dists for n, dists in conflicts.items() if n in (spec.name, *spec.aliases)}
+    row["duplicate_of"] = sorted({d for dists in shared.values() for d in dists if d != spec.plugin})
     if kind == "models":
         row.update(kind=spec.kind, source=spec.source, default_template=spec.default_template)
     if kind == "datasets":
@@ -32,10 +34,15 @@ def _row(kind: str, spec) -> dict:
 @click.argument("kind", type=click.Choice(sorted(SPEC_KINDS)))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_command(kind: str, as_json: bool) -> None:
-    """List registered models, datasets, templates, collators or exporters."""
+    """List registered models, datasets, templates, collators or exporters.
+
+    A name that two plugins register is marked DUPLICATE (using it fails until one is removed).
+    """
     from xt.plugins import get_registry
 
-    rows = [_row(kind, s) for s in sorted(get_registry().all(kind), key=lambda s: s.name)]
+    registry = get_registry()
+    conflicts = registry.conflicts(kind)
+    rows = [_row(kind, s, conflicts) for s in sorted(registry.all(kind), key=lambda s: (s.name, s.plugin))]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -49,6 +56,8 @@ def list_command(kind: str, as_json: bool) -> None:
         desc = r["description"]
         if r["aliases"]:
             desc += f" (aliases: {', '.join(r['aliases'])})"
+        if r["duplicate_of"]:
+            desc = f"DUPLICATE, also registered by {', '.join(r['duplicate_of'])}; {desc}"
         click.echo(f"{r['name']:<{name_w}}  {r['plugin']:<{plug_w}}  {desc}")
 
 

@@ -29,6 +29,10 @@ test = ["pytest"]
 
 [tool.setuptools.packages.find]
 include = ["{pkg}*"]
+
+# Files inside the package that are not Python (data, configs): listed here so a wheel has them.
+[tool.setuptools.package-data]
+{pkg} = ["data/*.jsonl"]
 '''
 
 PLUGIN = '''"""xt hooks of xt-{name}: one example registration per hook.
@@ -44,8 +48,19 @@ from pathlib import Path
 
 import click
 
-from xt import hookimpl
-from xt.specs import EOS, CollatorSpec, DatasetSpec, ExporterSpec, ModelSpec, RowError, TemplateSpec
+from xt.api import (
+    EOS,
+    CollatorSpec,
+    DatasetSpec,
+    ExporterSpec,
+    ModelSpec,
+    RowError,
+    TemplateSpec,
+    hookimpl,
+)
+
+#: Package data (listed under [tool.setuptools.package-data] in pyproject.toml, so wheels carry it).
+DATA_FILE = Path(__file__).parent / "data" / "qa.jsonl"
 
 
 def map_row(row: dict) -> dict:
@@ -71,8 +86,9 @@ def model_loader(register):
 def dataset_map(register):
     register(DatasetSpec(
         name="{name}-qa",
-        description="Example: question/answer rows from local files (--data-files).",
+        description="Example: question/answer rows shipped with the plugin (or your own with --data-files).",
         map_row=map_row,
+        data_files=[str(DATA_FILE)],
         sample_rows=[{{"question": "What is 2 + 2?", "answer": "4"}}],
     ))
 
@@ -90,7 +106,7 @@ def prompt_template(register):
 
 
 def _collator_factory(**options):
-    from xt.data.collate import make_default_collator
+    from xt.api import make_default_collator  # data code loads when a collator is built, not at import
 
     return make_default_collator(**options)
 
@@ -137,6 +153,10 @@ def test_map_row():
     assert conv["messages"][-1] == {{"role": "assistant", "content": "a"}}
 '''
 
+DATA = '''{{"question": "What is 2 + 2?", "answer": "4"}}
+{{"question": "What colour is the sky on a clear day?", "answer": "Blue."}}
+'''
+
 README = '''# xt-{name}
 
 An [xt](https://pypi.org/project/xt-core/) plugin. Install it next to xt and its registrations appear:
@@ -156,7 +176,8 @@ It registers one example per hook (edit `{pkg}/plugin.py`):
 | exporter | exporter `{name}-manifest` |
 | register_commands | command `xt {name}-hello` |
 
-Run the conformance kit and the tests with `pytest`.
+Run the conformance kit and the tests with `pytest`. To try a change without reinstalling, put a
+plugin module in a folder and run `xt --plugins-dir FOLDER ...` (or set `XT_PLUGINS_DIR`).
 '''
 
 
@@ -181,6 +202,7 @@ def write_plugin(name: str, directory: Path) -> Path:
         "pyproject.toml": PYPROJECT,
         f"{pkg}/__init__.py": '"""xt-{name}: an xt plugin."""\n',
         f"{pkg}/plugin.py": PLUGIN,
+        f"{pkg}/data/qa.jsonl": DATA,
         "tests/test_plugin.py": TEST,
         "README.md": README,
     }

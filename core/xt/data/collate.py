@@ -21,6 +21,16 @@ from xt.template import IGNORE_INDEX
 PADDED_KEYS = ("input_ids", "labels", "position_ids", "attention_mask")
 
 
+def make_collate(spec: Any, *, tokenizer: Any, pad_token_id: int | None,
+                 attn_implementation: str | None) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    """Call a collator spec's factory with exactly the keyword options the core passes.
+
+    ``tokenizer`` is the model's tokenizer (or processor), ``pad_token_id`` the id batches are padded
+    with and ``attn_implementation`` the attention backend the model was loaded with.
+    """
+    return spec.factory(tokenizer=tokenizer, pad_token_id=pad_token_id, attn_implementation=attn_implementation)
+
+
 def is_packed(sample: dict[str, Any]) -> bool:
     """Whether a row holds more than one sample (its position ids restart)."""
     positions = sample.get("position_ids")

@@ -130,7 +130,7 @@ def load_rows(dataset: DatasetSpec, plan: SourcePlan, split: str = "train", seed
         return [RowSource(f"{dataset.name}:{split} (generated)", list(rows))]
     if plan.kind == "files":
         return [RowSource(path, read_file(path, split)) for path in plan.files]
-    hint = (dataset.extra or {}).get("offline_hint")  # a plugin's own way out, e.g. a local or demo dataset
+    hint = dataset.offline_hint  # a plugin's own way out, e.g. a local or demo dataset
     return [RowSource(f"{plan.hub_id}:{split}", load_hub_rows(plan.hub_id or "", split, dataset.load_kwargs, hint))]
 
 
@@ -261,7 +261,7 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
 def load_hub_rows(hub_id: str, split: str, load_kwargs: dict[str, Any], hint: str | None = None) -> list[dict[str, Any]]:
     """Rows of a hub dataset via ``datasets.load_dataset``; fails in seconds when the hub is out of reach.
 
-    ``hint`` (a dataset's ``extra["offline_hint"]``) replaces the generic advice in the error.
+    ``hint`` (a dataset's ``offline_hint``) replaces the generic advice in the error.
     """
     hint = hint or "pass local files with --data-files (json, jsonl, parquet, csv or a save_to_disk folder) instead."
     offline = _offline()

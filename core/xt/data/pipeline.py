@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from xt.data.cache import (
@@ -29,7 +29,7 @@ from xt.data.load import callable_fingerprint, load_rows, plan_sources
 from xt.data.pack import fill_ratio, pack_best_fit
 from xt.data.process import process_rows
 from xt.errors import XtError
-from xt.specs import DatasetSpec, ModelSpec, TemplateSpec
+from xt.specs import DatasetSpec, ModelSpec, RunContext, TemplateSpec
 from xt.template import IGNORE_INDEX
 
 log = logging.getLogger("xt.data")
@@ -51,6 +51,7 @@ class DataOptions:
     cache_dir: str | None = None
     use_cache: bool = True
     seed: int = 0
+    context: RunContext = field(default_factory=RunContext)  # image folder, model args, rank ... for maps
 
 
 def choose_template(model_spec: ModelSpec | None, dataset_spec: DatasetSpec | None,
@@ -74,7 +75,7 @@ def load_conversations(dataset: DatasetSpec, options: DataOptions) -> list[dict[
     plan = plan_sources(dataset, options.data_files)
     result = process_rows(_sources(dataset, options, plan), dataset, template=None, tokenizer=None,
                           max_length=max(1, options.max_length), policy=options.length_policy,
-                          skip_bad_rows=options.skip_bad_rows, num_proc=options.num_proc)
+                          skip_bad_rows=options.skip_bad_rows, num_proc=options.num_proc, context=options.context)
     if result.bad:
         log.warning("skipped %d bad rows of dataset '%s'", len(result.bad), dataset.name)
     if not result.conversations:
@@ -100,6 +101,8 @@ def build_dataset(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, 
     }
     if options.pack == "auto":
         parts.update(micro_batch_size=options.micro_batch_size, attention_weight=options.attention_weight)
+    if dataset.pass_context:  # the map sees the context: a different image folder is different data
+        parts["context"] = options.context.data_fingerprint()
     entry = os.path.join(options.cache_dir or default_cache_dir(), cache_key(parts))
     if not is_complete(entry):
         if rank != 0 and world_size > 1:
@@ -144,7 +147,7 @@ def _build(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, options
     started = time.perf_counter()
     result = process_rows(_sources(dataset, options, plan), dataset, template=template, tokenizer=tokenizer,
                           max_length=options.max_length, policy=options.length_policy,
-                          skip_bad_rows=options.skip_bad_rows, num_proc=options.num_proc)
+                          skip_bad_rows=options.skip_bad_rows, num_proc=options.num_proc, context=options.context)
     counts = result.counts
     if result.bad:
         log.warning("skipped %d bad rows of dataset '%s'", len(result.bad), dataset.name)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xt.errors import XtError
-from xt.specs import DatasetSpec, RowError, TemplateSpec, conversation_problems
+from xt.specs import DatasetSpec, RowError, RunContext, TemplateSpec, conversation_problems
 from xt.template import IGNORE_INDEX
 
 LENGTH_POLICIES = ("truncate", "drop")
@@ -51,8 +51,9 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def map_rows(dataset: DatasetSpec, rows: Sequence[Any], source: str, start: int = 0) -> Mapped:
-    """Apply ``dataset.map_row`` to each row and validate the conversation."""
+def map_rows(dataset: DatasetSpec, rows: Sequence[Any], source: str, start: int = 0,
+             context: RunContext | None = None) -> Mapped:
+    """Apply ``dataset.map_row`` (with ``context`` when the dataset asks for it) and validate each conversation."""
     out = Mapped(rows=len(rows))
     for offset, row in enumerate(rows):
         index = start + offset
@@ -60,7 +61,7 @@ def map_rows(dataset: DatasetSpec, rows: Sequence[Any], source: str, start: int 
             out.bad.append(BadRow(source, index, f"a row must be an object, got {type(row).__name__}"))
             continue
         try:
-            conv = dataset.map_row(row)
+            conv = dataset.map(row, context)
         except _ROW_ERRORS as exc:
             out.bad.append(BadRow(source, index, _reason(exc)))
             continue
@@ -181,7 +182,7 @@ def _process_chunk(chunk: list[tuple[int, int, int]]) -> ChunkResult:
     conversations: list[dict[str, Any]] = []
     for source_index, start, stop in chunk:
         name, rows = job["sources"][source_index]
-        mapped = map_rows(job["dataset"], rows[start:stop], name, start)
+        mapped = map_rows(job["dataset"], rows[start:stop], name, start, job["context"])
         result.bad.extend(mapped.bad)
         result.counts["rows"] += mapped.rows
         conversations.extend(mapped.conversations)
@@ -212,7 +213,8 @@ def _chunks(sources: Sequence[tuple[str, list[Any]]], n_chunks: int) -> list[lis
 
 
 def process_rows(sources: Sequence[tuple[str, list[Any]]], dataset: DatasetSpec, *, template: TemplateSpec | None,
-                 tokenizer: Any, max_length: int, policy: str, skip_bad_rows: bool, num_proc: int = 1) -> ChunkResult:
+                 tokenizer: Any, max_length: int, policy: str, skip_bad_rows: bool, num_proc: int = 1,
+                 context: RunContext | None = None) -> ChunkResult:
     """Map (and, with a template, encode) every row; raises for bad rows unless ``skip_bad_rows``."""
     if policy not in LENGTH_POLICIES:
         raise XtError(f"Unknown length policy '{policy}'; use one of {', '.join(LENGTH_POLICIES)}.")
@@ -220,7 +222,7 @@ def process_rows(sources: Sequence[tuple[str, list[Any]]], dataset: DatasetSpec,
         raise XtError(f"max_length must be a positive number of tokens, got {max_length}.")
     _job.clear()
     _job.update(sources=list(sources), dataset=dataset, template=template, tokenizer=tokenizer, max_length=max_length, policy=policy,
-                skip_bad_rows=skip_bad_rows, encode=template is not None)
+                skip_bad_rows=skip_bad_rows, encode=template is not None, context=context)
     total = sum(len(rows) for _, rows in sources)
     try:
         if num_proc > 1 and total >= 2 * num_proc:

@@ -51,10 +51,20 @@ def _no_hub_hint(source: str, exc: Exception) -> XtError:
                    f"Pass an existing local folder with --model-path, or check the hub id and your network.")
 
 
-def load_hf_causal_lm(source: str, **kwargs: Any) -> Any:
-    """``AutoModelForCausalLM.from_pretrained`` with safetensors preferred and remote code off by default."""
+def call_model_loader(spec: Any, source: str | None, model_args: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """``spec.load_model(source, model_args=..., **from_pretrained keywords)``, the one way the core loads
+    a model; without a loader, the generic one (which takes ``model_args`` as config overrides)."""
+    return (spec.load_model or load_hf_causal_lm)(source, model_args=dict(model_args or {}), **kwargs)
+
+
+def load_hf_causal_lm(source: str, model_args: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """``AutoModelForCausalLM.from_pretrained`` with safetensors preferred and remote code off by default.
+
+    ``model_args`` are passed on as config overrides (e.g. ``rope_theta``), after the loading keywords.
+    """
     from transformers import AutoModelForCausalLM
 
+    kwargs.update(model_args or {})
     if source is None:
         raise XtError("The generic 'hf' model needs a hub id or folder; pass --model ORG/NAME or --model-path DIR.")
     kwargs.setdefault("trust_remote_code", False)
@@ -104,6 +114,21 @@ def safe_pad_id(tokenizer: Any, model: Any) -> int:
     return 0
 
 
+def bitsandbytes_config(bits: int, compute_dtype: Any, asked_by: str) -> Any:
+    """``BitsAndBytesConfig`` for 4-bit NF4 weights (double quantization, computing in ``compute_dtype``)
+    or 8-bit weights; ``asked_by`` names what asked for it when bitsandbytes is missing."""
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except Exception as exc:
+        raise XtError(f"{asked_by} needs bitsandbytes, which failed to import ({exc}); "
+                      f"pip install 'xt-core[qlora]'.") from exc
+    if bits == 4:
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
 def disable_bnb_avx512bf16(model: Any) -> int:
     """Turn off bitsandbytes' AVX512-BF16 CPU path on every ``Linear4bit``; returns how many were patched.
 
@@ -125,3 +150,43 @@ def disable_bnb_avx512bf16(model: Any) -> int:
             module.support_avx512bf16_for_cpu = False
             patched += 1
     return patched
+
+
+def build_preset(config: Any, model_class: Any = None, *, seed: int = 0, dtype: Any = None,
+                 attn_implementation: str | None = None, quantization_config: Any = None,
+                 reload: Any = None, **from_pretrained_kwargs: Any) -> Any:
+    """A model with freshly initialised weights from ``config``: the same weights for the same seed.
+
+    The weights are drawn under ``seed`` inside a forked RNG (the caller's random state is left as it
+    was), with ``attn_implementation`` when given, then cast to ``dtype`` (a torch dtype or its name).
+    With ``quantization_config`` the model is saved to a temporary folder and loaded back through
+    ``reload(folder, **kwargs)`` (default: the class's ``from_pretrained``) so transformers quantizes
+    it; ``from_pretrained_kwargs`` go to that call. ``model_class`` defaults to the causal-LM class
+    transformers maps the config to. This is what a plugin's preset loader calls, so that two runs or
+    two exports of the same preset start from identical weights.
+    """
+    import tempfile
+
+    import torch
+
+    if model_class is None:
+        from transformers import AutoModelForCausalLM
+
+        model_class = AutoModelForCausalLM
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype)
+    attn = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    build = getattr(model_class, "from_config", None) or model_class._from_config  # Auto class or model class
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build(config, **attn)
+    if quantization_config is None:
+        return model.to(dtype) if isinstance(dtype, torch.dtype) else model
+    kwargs: dict[str, Any] = {"quantization_config": quantization_config, **from_pretrained_kwargs}
+    if isinstance(dtype, torch.dtype):
+        kwargs["dtype"] = dtype
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    with tempfile.TemporaryDirectory(prefix="xt-preset-") as folder:
+        model.save_pretrained(folder, safe_serialization=True)
+        return (reload or type(model).from_pretrained)(folder, **kwargs)

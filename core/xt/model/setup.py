@@ -7,7 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from xt.errors import XtError
-from xt.model.loading import choose_attention, disable_bnb_avx512bf16, load_hf_causal_lm, load_hf_tokenizer
+from xt.model.loading import (
+    bitsandbytes_config,
+    call_model_loader,
+    choose_attention,
+    disable_bnb_avx512bf16,
+    load_hf_tokenizer,
+)
 from xt.model.packed import use_packed_sdpa
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -44,13 +50,13 @@ def load_tokenizer(spec: Any, source: str | None, trust_remote_code: bool = Fals
                    model_args: dict[str, Any] | None = None) -> Any:
     """The model spec's tokenizer, with a pad token guaranteed.
 
-    Specs with ``extra["tokenizer_model_args"]`` (e.g. multimodal models assembled from parts) get
-    the run's ``model_args`` too.
+    Specs with ``tokenizer_model_args`` (e.g. multimodal models assembled from parts) get the run's
+    ``model_args`` too.
     """
     from xt.model.loading import ensure_pad_token
 
     if spec.load_tokenizer is not None:
-        extra_args = dict(model_args or {}) if spec.extra.get("tokenizer_model_args") else {}
+        extra_args = dict(model_args or {}) if spec.tokenizer_model_args else {}
         tokenizer = spec.load_tokenizer(source, **extra_args)
     else:
         tokenizer = load_hf_tokenizer(source, trust_remote_code=trust_remote_code)
@@ -62,21 +68,15 @@ def quantization_config(cfg: Any, compute_dtype: str) -> Any:
     """``BitsAndBytesConfig`` for QLoRA (nf4, double quant) or 8-bit LoRA, else None."""
     if cfg.method != "qlora" and not cfg.load_in_8bit:
         return None
-    try:
-        import bitsandbytes  # noqa: F401
-        from transformers import BitsAndBytesConfig
-    except Exception as exc:
-        raise XtError(f"method '{cfg.method}' with quantized weights needs bitsandbytes, which failed to import "
-                      f"({exc}); pip install 'xt-core[qlora]'.") from exc
+    asked_by = f"method '{cfg.method}' with quantized weights"
     if cfg.method == "qlora":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=torch_dtype(compute_dtype))
+        return bitsandbytes_config(4, torch_dtype(compute_dtype), asked_by)
     import torch
 
     if not torch.cuda.is_available():
         raise XtError("8-bit LoRA (load_in_8bit) needs a GPU: bitsandbytes 0.50 has no CPU backward for 8-bit "
                       "matmuls; use method 'qlora' (4-bit) or plain 'lora' on CPU.")
-    return BitsAndBytesConfig(load_in_8bit=True)
+    return bitsandbytes_config(8, None, asked_by)
 
 
 def load_base_model(cfg: Any, spec: Any, source: str | None, dtype: str, attn: str) -> Any:
@@ -91,9 +91,7 @@ def load_base_model(cfg: Any, spec: Any, source: str | None, dtype: str, attn: s
             kwargs["device_map"] = {"": torch.cuda.current_device()}
     if cfg.trust_remote_code:
         kwargs["trust_remote_code"] = True
-    kwargs.update(cfg.model_args)
-    loader = spec.load_model or load_hf_causal_lm
-    model = loader(source, **kwargs)
+    model = call_model_loader(spec, source, cfg.model_args, **kwargs)
     disable_bnb_avx512bf16(model)  # always: the bug only bites after a no-grad forward
     if attn == "sdpa":
         use_packed_sdpa(model)  # packed rows: attention per sample, not over the whole row

@@ -124,7 +124,7 @@ def run_generation_eval(model: Any, tokenizer: Any, template: Any, *, prompts: S
                         heldout: Sequence[tuple[list[int], list[int]]], scorer: Any, max_new_tokens: int,
                         out_file: Path | None, synced_gpus: bool, step: int) -> dict[str, Any]:
     """Generate for configured prompts and held-out pairs; write JSONL (rank 0 passes ``out_file``)."""
-    from xt.generation import _clean, generate_from_ids
+    from xt.generation import decode_reply, generate_from_ids
 
     records: list[dict[str, Any]] = []
     encoded = [template.encode_prompt([{"role": "user", "content": p}], tokenizer) for p in prompts]
@@ -140,7 +140,7 @@ def run_generation_eval(model: Any, tokenizer: Any, template: Any, *, prompts: S
         records.append({"step": step, "kind": "prompt", "prompt": text, "prediction": pred})
     correct = 0
     for (prompt_ids, ref_ids), pred in zip(heldout, predictions[len(prompts):]):
-        reference = _clean(tokenizer, ref_ids, stop_ids, template.stop_words)
+        reference = decode_reply(tokenizer, ref_ids, stop_ids, template.stop_words)
         record = {"step": step, "kind": "heldout", "prompt": tokenizer.decode(prompt_ids, skip_special_tokens=True),
                   "reference": reference, "prediction": pred}
         if scorer is not None:

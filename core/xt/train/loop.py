@@ -10,7 +10,6 @@ equals the one on the concatenated batch, whatever the packed rows hold.
 from __future__ import annotations
 
 import math
-import os
 import random
 import shutil
 import sys
@@ -87,13 +86,18 @@ def build_data(cfg: TrainConfig, dataset_spec: Any, template: Any, tokenizer: An
                world: int, attention_weight: float = 0.0) -> tuple[Any, Any]:
     """(train rows, validation rows or None): the dataset's validation split, else a val_ratio slice."""
     from xt.data import DataOptions, build_dataset
+    from xt.specs import RunContext
     from xt.train.evaluation import RowSubset
+
+    context = RunContext(image_folder=cfg.image_folder, model_args=dict(cfg.model_args), rank=rank,
+                         world_size=world, run_dir=cfg.output)
 
     def options(split: str) -> Any:
         return DataOptions(data_files=cfg.data_files or None, split=split, max_length=cfg.max_length,
                            length_policy=cfg.length_policy, pack=cfg.pack, skip_bad_rows=cfg.skip_bad_rows,
                            num_proc=cfg.num_proc, cache_dir=cfg.data_cache_dir, use_cache=cfg.use_data_cache,
-                           seed=cfg.seed, micro_batch_size=cfg.micro_batch_size, attention_weight=attention_weight)
+                           seed=cfg.seed, micro_batch_size=cfg.micro_batch_size, attention_weight=attention_weight,
+                           context=context)
 
     train = build_dataset(dataset_spec, template, tokenizer, options("train"), rank=rank, world_size=world)
     wants_eval = cfg.eval_steps > 0 or cfg.eval_samples > 0 or cfg.val_ratio > 0
@@ -143,6 +147,7 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
 
     from xt import __version__
     from xt.data import ResumableBatchSampler
+    from xt.data.collate import make_collate
     from xt.data.layout import attention_weight
     from xt.data.pipeline import choose_template
     from xt.model.loading import safe_pad_id
@@ -171,8 +176,6 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     if main:
         prepare_run_dir(run_dir, resume_ckpt is not None, overwrite, create=False)
     seed_everything(cfg.seed)
-    if cfg.image_folder:
-        os.environ["XT_IMAGE_FOLDER"] = str(cfg.image_folder)
 
     # ---- model, tokenizer, template, data
     registry = get_registry()
@@ -196,11 +199,11 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     error = broadcast_object(error)
     if error:
         raise XtError(error)
-    collator_name = cfg.collator if cfg.collator != "default" else model_spec.extra.get("collator", "default")
-    collate = registry.get("collators", collator_name).factory(
-        tokenizer=tokenizer, pad_token_id=safe_pad_id(tokenizer, model), attn_implementation=loaded.attn)
+    collator_name = cfg.collator if cfg.collator != "default" else (model_spec.collator or "default")
+    collate = make_collate(registry.get("collators", collator_name), tokenizer=tokenizer,
+                           pad_token_id=safe_pad_id(tokenizer, model), attn_implementation=loaded.attn)
     grouped = cfg.group_by_length and not train_rows.stats["packed"] or train_rows.stats.get("layout") == "grouped"
-    make_sampler = model_spec.extra.get("batch_sampler")  # e.g. modality-grouped batches for multimodal models
+    make_sampler = model_spec.batch_sampler  # e.g. modality-grouped batches for multimodal models
     if make_sampler is not None:
         sampler = make_sampler(train_rows, cfg.micro_batch_size, rank=rank, world_size=world, seed=cfg.seed,
                                shuffle=True, group_by_length=grouped, drop_last=True)
@@ -354,6 +357,3 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     metrics.close()
     return run_dir
 
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from xt.config import deep_merge
 from xt.errors import XtError
 
 
@@ -46,15 +47,8 @@ def build_ds_config(cfg: Any, dtype: str, world_size: int = 1) -> dict[str, Any]
             user = json.loads(path.read_text())
         except ValueError as exc:
             raise XtError(f"deepspeed_config '{path}' is not valid JSON: {exc}.") from exc
-        config = _merge(config, user)
+        config = deep_merge(config, user)
     return config
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:

@@ -122,6 +122,7 @@ def _dataset_summary(cfg: TrainConfig, world: int) -> str:
         from xt.data.pipeline import choose_template
         from xt.model.setup import load_tokenizer
         from xt.plugins import get_registry
+        from xt.specs import RunContext
 
         registry = get_registry()
         model_spec = registry.resolve_model(cfg.model)
@@ -134,10 +135,11 @@ def _dataset_summary(cfg: TrainConfig, world: int) -> str:
             return (f"not counted: the tokenizer of '{cfg.model}' is not available offline ({first}); pass "
                     f"--model-path with a local copy to plan the data too")
         template = choose_template(model_spec, dataset_spec, cfg.template)
+        context = RunContext(image_folder=cfg.image_folder, model_args=dict(cfg.model_args), world_size=world)
         options = DataOptions(data_files=cfg.data_files or None, max_length=cfg.max_length,
                               length_policy=cfg.length_policy, pack=cfg.pack, skip_bad_rows=cfg.skip_bad_rows,
                               num_proc=cfg.num_proc, cache_dir=cfg.data_cache_dir, use_cache=cfg.use_data_cache,
-                              seed=cfg.seed, micro_batch_size=cfg.micro_batch_size)
+                              seed=cfg.seed, micro_batch_size=cfg.micro_batch_size, context=context)
         data = build_dataset(dataset_spec, template, tokenizer, options)
     except XtError as exc:
         return f"dataset not available offline ({exc})"
@@ -199,14 +201,13 @@ def plan(cfg: TrainConfig, world: int = 1) -> str:
     """The dry-run report as text: the run as it would go on GPUs (one per process)."""
     import torch
 
+    from xt.data.pipeline import choose_template
     from xt.model.loading import choose_attention
     from xt.plugins import get_registry
 
-    if cfg.image_folder:
-        import os
-
-        os.environ["XT_IMAGE_FOLDER"] = str(cfg.image_folder)
-    spec = get_registry().resolve_model(cfg.model)
+    registry = get_registry()
+    spec = registry.resolve_model(cfg.model)
+    choose_template(spec, registry.get("datasets", cfg.dataset), cfg.template)  # unknown or ambiguous names fail
     dtype, chosen = target_dtype(cfg)
     here = "" if torch.cuda.is_available() or cfg.dtype != "auto" else \
         " (this machine has no GPU: a run here would use fp32)"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xt.specs import RowError
+from xt.api import RowError
 
 #: The Stanford Alpaca preambles (tatsu-lab/stanford_alpaca README, "Data Release").
 PREAMBLE_NO_INPUT = ("Below is an instruction that describes a task. "

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xt import hookimpl
-from xt.specs import DatasetSpec
+from xt.api import DatasetSpec, hookimpl
 
 from xt_alpaca import demo
 from xt_alpaca.maps import map_alpaca_row
@@ -43,7 +42,7 @@ def dataset_map(register: Any) -> None:
             map_row=map_alpaca_row,
             sample_rows=SAMPLE_ROWS,
             default_template="alpaca",
-            extra={"offline_hint": OFFLINE_HINT, "format": "alpaca"},
+            offline_hint=OFFLINE_HINT, extra={"format": "alpaca"},
         ))
     register(DatasetSpec(
         name="alpaca-demo",

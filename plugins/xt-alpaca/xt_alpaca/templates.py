@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from xt.specs import BOS, EOS, TemplateSpec
+from xt.api import BOS, EOS, TemplateSpec
 
 from xt_alpaca.maps import PREAMBLE_NO_INPUT
 

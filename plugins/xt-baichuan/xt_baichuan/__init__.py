@@ -8,7 +8,7 @@ and no ``trust_remote_code``.
 
 from __future__ import annotations
 
-from xt._imports import when_imported
+from xt.api import when_imported
 
 __all__ = ["register_with_transformers"]
 

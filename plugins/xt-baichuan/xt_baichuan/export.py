@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from xt.errors import XtError
+from xt.api import XtError
 
 COPIED_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json",
                 "generation_config.json", "chat_template.jinja")
@@ -26,10 +26,10 @@ def _load_source(path: Path) -> tuple[Any, Path | None]:
     ``path`` is a model folder, or an xt run directory: its ``final/`` full model, or its LoRA adapter
     merged into the base it was trained on (float32).
     """
-    from xt.run import is_run_dir
+    from xt.api import is_run_dir
 
     if is_run_dir(path):
-        from xt.export import apply_adapter, describe_run, load_base, resolve_base
+        from xt.api import apply_adapter, describe_run, load_base, resolve_base
 
         run = describe_run(path)
         if run.adapter:
@@ -109,7 +109,7 @@ def export_llama_layout(model_or_dir: Any, out_dir: str | os.PathLike, overwrite
     The folder is written to a temporary sibling and renamed into place, so a failure leaves nothing
     behind; a non-empty ``out_dir`` is refused unless ``overwrite``.
     """
-    from xt.export import check_output_dir, staged_output
+    from xt.api import check_output_dir, staged_output
 
     check_output_dir(out_dir, overwrite)
     if isinstance(model_or_dir, (str, os.PathLike)):

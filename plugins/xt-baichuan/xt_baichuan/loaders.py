@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from xt.errors import XtError
+from xt.api import XtError
 
 #: The official architectures (Baichuan2 config.json files on the hub).
 REAL_CONFIGS: dict[str, dict[str, Any]] = {
@@ -92,7 +92,7 @@ def load_tokenizer(source: str | os.PathLike | None, **kwargs: Any) -> Any:
 
 def tiny_tokenizer(source: Any = None) -> Any:
     """The core's download-free tokenizer (0 unk/pad, 1 BOS, 2 EOS, 3..199 reserved)."""
-    from xt.tokenizers import tiny_tokenizer as core_tiny_tokenizer
+    from xt.api import tiny_tokenizer as core_tiny_tokenizer
 
     return core_tiny_tokenizer()
 
@@ -121,11 +121,9 @@ def tiny_config(variant: str = "7b", config_overrides: dict[str, Any] | None = N
 
 def load_tiny(variant: str, source: Any = None, config_overrides: dict[str, Any] | None = None,
               **kwargs: Any) -> Any:
-    """A random-init tiny Baichuan2 with a fixed seed; honours dtype, attn_implementation and
-    quantization_config (the model is saved to a temporary folder and reloaded quantized)."""
-    import tempfile
-
-    import torch
+    """A random-init tiny Baichuan2 with a fixed seed (the core's ``build_preset``); honours dtype,
+    attn_implementation and quantization_config."""
+    from xt.api import build_preset
 
     config = tiny_config(variant, config_overrides)
     if source is not None and os.path.isdir(os.fspath(source)):
@@ -133,23 +131,4 @@ def load_tiny(variant: str, source: Any = None, config_overrides: dict[str, Any]
     from xt_baichuan.remote_code.modeling_baichuan import BaichuanForCausalLM
 
     dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
-    if isinstance(dtype, str) and dtype != "auto":
-        dtype = getattr(torch, dtype)
-    attn = kwargs.pop("attn_implementation", None)
-    quantization_config = kwargs.pop("quantization_config", None)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
-        model = BaichuanForCausalLM._from_config(config, attn_implementation=attn) if attn else \
-            BaichuanForCausalLM(config)
-    if quantization_config is not None:
-        with tempfile.TemporaryDirectory() as tmp:
-            model.save_pretrained(tmp)
-            load_kwargs: dict[str, Any] = {"quantization_config": quantization_config, **kwargs}
-            if dtype is not None and dtype != "auto":
-                load_kwargs["dtype"] = dtype
-            if attn:
-                load_kwargs["attn_implementation"] = attn
-            return load_pretrained(tmp, **load_kwargs)
-    if dtype is not None and dtype != "auto":
-        model = model.to(dtype)
-    return model
+    return build_preset(config, BaichuanForCausalLM, seed=TINY_SEED, dtype=dtype, reload=load_pretrained, **kwargs)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from xt import hookimpl
-from xt.specs import EOS, ExporterSpec, ModelSpec, TemplateSpec
+from xt.api import EOS, ExporterSpec, ModelSpec, TemplateSpec, hookimpl
 
 #: Modules LoRA adapts in Baichuan2 (fused qkv, attention output, SwiGLU MLP).
 LORA_TARGETS = ("W_pack", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -22,10 +21,10 @@ HUB_IDS = {
 }
 
 
-def _load_model(source: Any, **kwargs: Any) -> Any:
+def _load_model(source: Any, model_args: dict[str, Any] | None = None, **kwargs: Any) -> Any:
     from xt_baichuan.loaders import load_pretrained
 
-    return load_pretrained(source, **kwargs)
+    return load_pretrained(source, **kwargs, **(model_args or {}))  # model_args: config overrides
 
 
 def _load_tokenizer(source: Any, **kwargs: Any) -> Any:
@@ -40,10 +39,10 @@ def _real_config(variant: str) -> Any:
     return real_config(variant)
 
 
-def _load_tiny(variant: str, source: Any = None, **kwargs: Any) -> Any:
+def _load_tiny(variant: str, source: Any = None, model_args: dict[str, Any] | None = None, **kwargs: Any) -> Any:
     from xt_baichuan.loaders import load_tiny
 
-    return load_tiny(variant, source, **kwargs)
+    return load_tiny(variant, source, **kwargs, **(model_args or {}))  # model_args: config_overrides=...
 
 
 def _tiny_tokenizer(source: Any = None, **kwargs: Any) -> Any:

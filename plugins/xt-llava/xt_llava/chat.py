@@ -1,7 +1,7 @@
 """Answer questions about an image with a llava model, framed by the run's chat template.
 
 ``answer`` is the plain function; ``answer_image`` is what llava model specs offer to ``xt chat
-RUN --image PATH`` as ``ModelSpec.extra['answer_image']``.
+RUN --image PATH`` as ``ModelSpec.answer_image``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from xt.errors import XtError
+from xt.api import XtError
 
 from xt_llava.processor import IMAGE_TOKEN
 
@@ -46,8 +46,7 @@ def answer(model: Any, processor: Any, template: Any, image: str, messages: Sequ
            max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0) -> str:
     """The reply to ``messages`` (ending with a user turn) about the image at ``image``."""
     import torch
-    from xt.generation import _clean, preserved_training_state
-    from xt.model.loading import safe_pad_id
+    from xt.api import decode_reply, preserved_training_state, safe_pad_id
 
     from xt_llava.processor import as_llava_processor
 
@@ -68,7 +67,7 @@ def answer(model: Any, processor: Any, template: Any, image: str, messages: Sequ
     with preserved_training_state(model):
         output = model.generate(**inputs, **kwargs)
     new_ids = output[0, inputs["input_ids"].shape[1]:].tolist()
-    return _clean(processor.tokenizer, new_ids, stop_ids, tuple(template.stop_words))
+    return decode_reply(processor.tokenizer, new_ids, stop_ids, tuple(template.stop_words))
 
 
 def answer_image(chat_model: Any, messages: Sequence[dict[str, Any]], image: str, *, max_new_tokens: int = 256,

@@ -14,8 +14,7 @@ import io
 from collections.abc import Callable
 from typing import Any
 
-from xt.errors import XtError
-from xt.template import IGNORE_INDEX
+from xt.api import IGNORE_INDEX, XtError
 
 
 def load_image(ref: str) -> Any:
@@ -80,7 +79,7 @@ def make_llava_collator(tokenizer: Any = None, pad_token_id: int | None = None, 
                         *, attn_implementation: str | None = None, flatten: bool | None = None,
                         **_: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     """A collate function for llava training; ``tokenizer`` is the llava processor of the model."""
-    from xt.data.collate import make_default_collator
+    from xt.api import make_default_collator
 
     from xt_llava.processor import as_llava_processor
 

@@ -11,8 +11,8 @@ Two row formats are accepted:
   ``<IMG_CONTEXT>``) mark where the images go; without any, each image goes before the text.
 
 Image paths are resolved when the row is mapped: absolute paths as they are, relative ones under
-the image folder (``image_folder`` of :func:`map_llava_row`; the registered ``llava`` dataset reads
-the ``XT_IMAGE_FOLDER`` environment variable), trying the path and then its file name alone.
+the image folder (``image_folder`` of :func:`map_llava_row`; the registered ``llava`` dataset takes
+the run context's ``image_folder``, i.e. ``--image-folder``), trying the path and then its file name alone.
 ``data:image/...;base64,`` URLs are accepted inline. A missing, unreadable or remote image, or a
 placeholder count that does not match the images, raises :class:`~xt.specs.RowError` naming the
 row id, so the pipeline fails on it or, with ``skip_bad_rows``, skips and counts it.
@@ -28,11 +28,10 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from xt.specs import RowError
+from xt.api import RowError, content_parts
 
 IMAGE_TOKEN = "<image>"
 PLACEHOLDER_RE = re.compile(r"<image>|<IMG_CONTEXT>")
-IMAGE_FOLDER_ENV = "XT_IMAGE_FOLDER"
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
@@ -83,7 +82,7 @@ def resolve_image(ref: Any, image_folder: str | None, where: str) -> str:
         return ref
     if ref.startswith(("http://", "https://")):
         raise RowError(f"{where}: image '{ref}' is a remote URL; xt does not download images, so download them and "
-                       f"point the image folder ({IMAGE_FOLDER_ENV}) at them")
+                       f"point --image-folder at them")
     if ref.startswith("file://"):
         ref = ref[len("file://"):]
     ref = os.path.expanduser(ref)
@@ -99,7 +98,7 @@ def resolve_image(ref: Any, image_folder: str | None, where: str) -> str:
         where_looked = f"under image folder '{image_folder}'" if image_folder and not os.path.isabs(ref) \
             else "(no image folder set)" if not os.path.isabs(ref) else ""
         raise RowError(f"{where}: image '{ref}' not found {where_looked}".rstrip()
-                       + f"; set the image folder with {IMAGE_FOLDER_ENV}=DIR or fix the row")
+                       + "; pass the image folder with --image-folder DIR or fix the row")
     problem = _check_image_file(os.path.abspath(path))
     if problem:
         raise RowError(f"{where}: image '{path}' is not a readable image ({problem})")
@@ -200,18 +199,9 @@ def _openai_conversation(row: dict[str, Any], where: str) -> tuple[list[dict[str
             continue
         if not isinstance(content, list):
             raise RowError(f"{where}: message {i} content must be a string or a list of parts")
-        pieces: list[str | None] = []  # None marks an image part's position
-        refs: list[Any] = []
-        for part in content:
-            if not isinstance(part, dict) or "type" not in part:
-                raise RowError(f"{where}: message {i}: content parts must be dicts with a 'type'")
-            if part["type"] == "text":
-                pieces.append(str(part.get("text", "")))
-            elif part["type"] in ("image", "image_url"):
-                refs.append(_image_ref(part, f"{where}: message {i}"))
-                pieces.append(None)
-            else:
-                raise RowError(f"{where}: message {i}: unsupported content part type {part['type']!r}")
+        parts = content_parts(content, f"{where}: message {i}")
+        pieces = [None if isinstance(p, dict) else p for p in parts]  # None marks an image part's position
+        refs = [_image_ref(p, f"{where}: message {i}") for p in parts if isinstance(p, dict)]
         if refs and role != "user":
             raise RowError(f"{where}: message {i} ({role}) has an image part; images belong to user turns")
         text = "".join(p for p in pieces if p is not None)
@@ -254,11 +244,6 @@ def map_llava_row(row: dict[str, Any], image_folder: str | None = None, check_im
     return conversation
 
 
-def env_image_folder() -> str | None:
-    """The image folder named by ``$XT_IMAGE_FOLDER`` (None when unset)."""
-    return os.environ.get(IMAGE_FOLDER_ENV) or None
-
-
 def llava_dataset(name: str = "llava-files", data_files: Any = (), image_folder: str | None = None,
                   **fields: Any) -> Any:
     """A ``DatasetSpec`` for LLaVA json / OpenAI-style files with images under ``image_folder``.
@@ -267,7 +252,7 @@ def llava_dataset(name: str = "llava-files", data_files: Any = (), image_folder:
     """
     from functools import partial
 
-    from xt.specs import DatasetSpec
+    from xt.api import DatasetSpec
 
     files = [data_files] if isinstance(data_files, str) else list(data_files)
     return DatasetSpec(name=name, map_row=partial(map_llava_row, image_folder=image_folder), data_files=files,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from xt.errors import XtError
+from xt.api import XtError
 
 #: The image-processor settings OpenAI published with CLIP ViT-L/14-336 (bicubic resize of the
 #: shortest side, centre crop, CLIP mean / std). Smaller towers use the same settings at their own size.
@@ -95,19 +95,13 @@ def load_clip_vision(source: Any, *, dtype: Any = None, attn_implementation: str
 def load_clip_tiny(source: Any = None, *, dtype: Any = None, attn_implementation: str | None = None,
                    image_size: int = 28, seed: int = TINY_SEED, **_: Any) -> Any:
     """The tiny random CLIP vision tower, the same weights on every call (fixed seed)."""
-    import torch
     from transformers import CLIPVisionModel
+    from xt.api import build_preset
 
     if _local(source):
         return load_clip_vision(source, dtype=dtype, attn_implementation=attn_implementation)
-    config = clip_tiny_config(image_size)
-    config._attn_implementation = _vision_attn(attn_implementation)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = CLIPVisionModel(config)
-    if dtype is not None:
-        model = model.to(dtype)
-    return model
+    return build_preset(clip_tiny_config(image_size), CLIPVisionModel, seed=seed, dtype=dtype,
+                        attn_implementation=_vision_attn(attn_implementation))
 
 
 def _vision_attn(requested: str | None) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xt.errors import XtError
+from xt.api import XtError
 
 #: Keyword arguments the core passes through to a model loader (transformers ``from_pretrained`` style).
 HF_KWARGS = ("dtype", "torch_dtype", "attn_implementation", "quantization_config", "device_map", "trust_remote_code",
@@ -60,7 +60,7 @@ def tiny_llm_config(vocab_size: int) -> Any:
 
 
 def tiny_tokenizer() -> Any:
-    from xt.tokenizers import tiny_tokenizer as core_tiny
+    from xt.api import tiny_tokenizer as core_tiny
 
     return core_tiny()
 
@@ -68,31 +68,16 @@ def tiny_tokenizer() -> Any:
 def load_tiny_llm(*, dtype: Any = None, attn_implementation: str | None = None, quantization_config: Any = None,
                   seed: int = TINY_SEED, **_: Any) -> Any:
     """The tiny random Llama, the same weights on every call; its vocabulary already holds ``<image>``."""
-    import torch
     from transformers import LlamaForCausalLM
+    from xt.api import build_preset
 
     from xt_llava.processor import add_image_token
 
     tokenizer = tiny_tokenizer()
     add_image_token(tokenizer)
     config = tiny_llm_config(len(tokenizer))
-    config._attn_implementation = attn_implementation or "sdpa"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    if quantization_config is not None:
-        return _reload_quantized(model, dtype, attn_implementation, quantization_config)
-    return model.to(dtype) if dtype is not None else model
-
-
-def _reload_quantized(model: Any, dtype: Any, attn: str | None, quantization_config: Any) -> Any:
-    """A model built in memory, reloaded through ``from_pretrained`` so bitsandbytes quantizes it."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="xt-llava-") as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        return type(model).from_pretrained(tmp, dtype=dtype, attn_implementation=attn or "sdpa",
-                                           quantization_config=quantization_config)
+    return build_preset(config, LlamaForCausalLM, seed=seed, dtype=dtype,
+                        attn_implementation=attn_implementation or "sdpa", quantization_config=quantization_config)
 
 
 # --------------------------------------------------------------------------- resolving the parts
@@ -109,7 +94,7 @@ class Part:
 
 
 def _registry() -> Any:
-    from xt.plugins import get_registry
+    from xt.api import get_registry
 
     return get_registry()
 
@@ -226,9 +211,13 @@ def is_llava_folder(source: Any) -> bool:
         return False
 
 
-def load_llava(recipe: Recipe | None, source: Any = None, **kwargs: Any) -> Any:
-    """The model loader of every llava spec: a saved HF llava folder, or a composition of the recipe's parts."""
-    hf, args = split_kwargs(kwargs)
+def load_llava(recipe: Recipe | None, source: Any = None, model_args: dict[str, Any] | None = None,
+               **kwargs: Any) -> Any:
+    """The model loader of every llava spec: a saved HF llava folder, or a composition of the recipe's parts.
+
+    ``model_args`` are the llava options (``llm``, ``vision_encoder``, ...); ``kwargs`` the loading keywords.
+    """
+    hf, args = split_kwargs({**kwargs, **(model_args or {})})
     llm_name = args.get("llm") or (recipe.llm if recipe else None)
     encoder_name = args.get("vision_encoder") or (recipe.vision_encoder if recipe else None)
     depth = int(args.get("projector_depth", PROJECTOR_DEPTH))
@@ -325,7 +314,7 @@ def compose(llm_name: str, encoder_name: str, *, llm_path: str | None = None, en
 
 
 def _hf_causal_lm(source: Any, **kwargs: Any) -> Any:
-    from xt.model.loading import load_hf_causal_lm
+    from xt.api import load_hf_causal_lm
 
     return load_hf_causal_lm(source, **kwargs)
 
@@ -354,7 +343,7 @@ def build_processor(llm: Part, encoder: Part, chat_template: str | None = None) 
     elif llm.spec.load_tokenizer is not None:
         tokenizer = llm.spec.load_tokenizer(llm.source)
     else:
-        from xt.model.loading import load_hf_tokenizer
+        from xt.api import load_hf_tokenizer
 
         tokenizer = load_hf_tokenizer(llm.source)
     if encoder.spec.load_tokenizer is not None:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from functools import partial
 from typing import Any
 
-from xt import hookimpl
-from xt.specs import BOS, EOS, CollatorSpec, DatasetSpec, ModelSpec, TemplateSpec
+from xt.api import BOS, EOS, CollatorSpec, DatasetSpec, ModelSpec, TemplateSpec, hookimpl
 
 from xt_llava.model import Recipe  # light: the module imports torch / transformers only inside functions
 
@@ -45,10 +43,10 @@ def _stages(max_length: int | None = None) -> dict[str, dict[str, Any]]:
 # --------------------------------------------------------------------------- lazy wrappers (no torch at import)
 
 
-def _load_llava(recipe: Any, source: Any = None, **kwargs: Any) -> Any:
+def _load_llava(recipe: Any, source: Any = None, model_args: dict[str, Any] | None = None, **kwargs: Any) -> Any:
     from xt_llava.model import load_llava
 
-    return load_llava(recipe, source, **kwargs)
+    return load_llava(recipe, source, model_args, **kwargs)
 
 
 def _load_processor(recipe: Any, source: Any = None, **model_args: Any) -> Any:
@@ -81,7 +79,7 @@ def _batch_sampler(*args: Any, **kwargs: Any) -> Any:
     return make_batch_sampler(*args, **kwargs)
 
 
-def _clip_model(tiny: bool, source: Any = None, **kwargs: Any) -> Any:
+def _clip_model(tiny: bool, source: Any = None, model_args: dict[str, Any] | None = None, **kwargs: Any) -> Any:
     from xt_llava import encoders
 
     return (encoders.load_clip_tiny if tiny else encoders.load_clip_vision)(source, **kwargs)
@@ -99,7 +97,8 @@ def _clip_config(tiny: bool) -> Any:
     return encoders.clip_tiny_config() if tiny else encoders.clip_large_336_config()
 
 
-def _llava_extra(max_length: int | None = None) -> dict[str, Any]:
+def _llava_fields(max_length: int | None = None) -> dict[str, Any]:
+    """The ModelSpec fields every llava model shares: stages, collator, sampler, image chat."""
     return {"stages": _stages(max_length), "collator": "llava", "batch_sampler": _batch_sampler,
             "answer_image": _answer_image, "tokenizer_model_args": True}
 
@@ -127,14 +126,14 @@ def model_loader(register: Any) -> None:
         description="LLaVA from parts: model_args llm=<causal LM> vision_encoder=<encoder>; or --model-path to a "
                     "saved Hugging Face llava folder",
         load_model=partial(_load_llava, generic), load_tokenizer=partial(_load_processor, generic),
-        lora_targets=LORA_TARGETS, extra=_llava_extra()))
+        lora_targets=LORA_TARGETS, **_llava_fields()))
     tiny = Recipe(llm="tiny", vision_encoder="clip-tiny")
     register(ModelSpec(
         name="llava-tiny", kind="multimodal", source=None,
         description="tiny random LLaVA (tiny Llama + clip-tiny + projector, fixed seeds) for tests and demos; "
                     "no download",
         load_model=partial(_load_llava, tiny), load_tokenizer=partial(_load_processor, tiny),
-        config=partial(_recipe_config, tiny), lora_targets=LORA_TARGETS, extra=_llava_extra()))
+        config=partial(_recipe_config, tiny), lora_targets=LORA_TARGETS, **_llava_fields()))
     vicuna = Recipe(llm="lmsys/vicuna-7b-v1.5", vision_encoder="clip-vit-large-336")
     register(ModelSpec(
         name="llava-vicuna-7b", kind="multimodal", source=None,
@@ -142,20 +141,20 @@ def model_loader(register: Any) -> None:
                     "(train with stage pretrain, then stage finetune)",
         load_model=partial(_load_llava, vicuna), load_tokenizer=partial(_load_processor, vicuna),
         config=_vicuna_config, lora_targets=LORA_TARGETS, default_template="llava-vicuna",
-        extra=_llava_extra(REAL_MAX_LENGTH)))
+        **_llava_fields(REAL_MAX_LENGTH)))
     register(ModelSpec(
         name="llava-1.5-7b", aliases=("llava-1.5-7b-hf",), kind="multimodal", source="llava-hf/llava-1.5-7b-hf",
         description="llava-hf/llava-1.5-7b-hf, a trained LLaVA-1.5 in the Hugging Face layout (fine-tune it further)",
         load_model=partial(_load_llava, generic), load_tokenizer=partial(_load_processor, generic),
         config=_vicuna_config, lora_targets=LORA_TARGETS, default_template="llava-vicuna",
-        extra=_llava_extra(REAL_MAX_LENGTH)))
+        **_llava_fields(REAL_MAX_LENGTH)))
 
 
-def _map_row(row: dict[str, Any], image_folder: str | None = None) -> dict[str, Any]:
-    """The ``llava`` dataset's map: images under ``$XT_IMAGE_FOLDER`` as set now, else as set at registration."""
-    from xt_llava.data import env_image_folder, map_llava_row
+def _map_row(row: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The ``llava`` dataset's map: relative image paths are looked up under the run's image folder."""
+    from xt_llava.data import map_llava_row
 
-    return map_llava_row(row, image_folder=env_image_folder() or image_folder)
+    return map_llava_row(row, image_folder=context.image_folder)
 
 
 def _sample_rows() -> list[dict[str, Any]]:
@@ -166,13 +165,11 @@ def _sample_rows() -> list[dict[str, Any]]:
 
 @hookimpl
 def dataset_map(register: Any) -> None:
-    # The image folder is read when the registry is built, so it is part of the map's cache fingerprint.
-    folder = os.environ.get("XT_IMAGE_FOLDER") or None
     register(DatasetSpec(
         name="llava", aliases=("llava-json",),
         description="LLaVA json (id, image, conversations human/gpt) or OpenAI-style messages with image parts; "
-                    "use with --data-files, images under --image-folder ($XT_IMAGE_FOLDER)",
-        map_row=partial(_map_row, image_folder=folder), sample_rows=_sample_rows()))
+                    "use with --data-files, images under --image-folder",
+        map_row=_map_row, pass_context=True, sample_rows=_sample_rows()))
 
 
 @hookimpl

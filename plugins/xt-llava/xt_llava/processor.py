@@ -15,7 +15,7 @@ import os
 from typing import Any
 
 from transformers import LlavaProcessor
-from xt.errors import XtError
+from xt.api import XtError
 
 IMAGE_TOKEN = "<image>"
 _MM_MARK = "{#- xt-llava: content may be a string or a list of text / image parts -#}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from xt.data.sampler import ResumableBatchSampler
+from xt.api import ResumableBatchSampler
 
 
 def row_modalities(dataset: Any) -> list[bool]:
@@ -37,6 +37,6 @@ def ModalityGroupedBatchSampler(lengths: Sequence[int], batch_size: int, *, has_
 
 
 def make_batch_sampler(dataset: Any, batch_size: int, **options: Any) -> ResumableBatchSampler:
-    """What a llava ModelSpec offers as ``extra['batch_sampler']``: ``(dataset, batch_size, rank=, world_size=,
+    """What a llava ModelSpec offers as ``batch_sampler``: ``(dataset, batch_size, rank=, world_size=,
     seed=, shuffle=, group_by_length=, drop_last=)`` -> sampler."""
     return ModalityGroupedBatchSampler(dataset.lengths, batch_size, has_image=row_modalities(dataset), **options)

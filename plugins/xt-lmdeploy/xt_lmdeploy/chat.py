@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from xt.errors import XtError
+from xt.api import XtError
 
 NO_CUDA = ("--backend lmdeploy needs a CUDA GPU and the lmdeploy package (every LMDeploy engine runs on CUDA), "
            "and {missing}; use --backend hf.")

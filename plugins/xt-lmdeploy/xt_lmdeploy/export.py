@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from xt.errors import XtError
+from xt.api import XtError
 
 from xt_lmdeploy.routing import Route, SupportTables, route, support_tables
 
@@ -84,8 +84,7 @@ def chat_template_config(template: Any, tokenizer: Any, model_name: str | None =
 
 def _describe(source: Path) -> tuple[Any, Path | None, dict[str, Any] | None]:
     """(RunModel or None, a full-model folder or None, a config dict known before merging or None)."""
-    from xt.export import describe_run
-    from xt.run import is_run_dir
+    from xt.api import describe_run, is_run_dir
 
     if is_run_dir(source):
         run = describe_run(source)
@@ -110,7 +109,7 @@ def _base_config(run: Any) -> dict[str, Any] | None:
         if folder and Path(folder).is_dir():
             return _read_config(Path(folder))
     try:
-        from xt.plugins import get_registry
+        from xt.api import get_registry
 
         spec = get_registry().resolve_model(run.model)
         return spec.config().to_dict() if spec.config is not None else None
@@ -143,10 +142,10 @@ def _to_llama_layout(hf_dir: Path, out: Path) -> None:
 
 
 def _load_tokenizer(folder: Path, spec: Any) -> Any:
-    from xt.export import load_tokenizer_for
+    from xt.api import load_tokenizer_for
 
     if spec is None:
-        from xt.plugins import get_registry
+        from xt.api import get_registry
 
         spec = get_registry().get("models", "hf")
     return load_tokenizer_for(spec, str(folder), prefer=folder)
@@ -158,7 +157,7 @@ def export_lmdeploy(run_dir: str | os.PathLike, out_dir: str | os.PathLike, **op
     Options: ``dtype`` (bf16 | fp16 | fp32 for merged adapters, default bf16), ``overwrite``,
     ``table`` (auto | builtin | lmdeploy: which support table decides) and ``template``.
     """
-    from xt.export import as_bool, check_output_dir, merge_adapter, resolve_base, staged_output, template_for
+    from xt.api import as_bool, check_output_dir, merge_adapter, resolve_base, staged_output, template_for
 
     unknown = set(options) - set(OPTIONS)
     if unknown:

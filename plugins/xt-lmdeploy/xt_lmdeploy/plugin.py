@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from xt import hookimpl
-from xt.specs import ExporterSpec
-
-
-@dataclass
-class ChatExporterSpec(ExporterSpec):
-    """An exporter that also serves ``xt chat --backend NAME``: ``chat(options) -> responder``."""
-
-    chat: Callable[..., Any] | None = None
+from xt.api import ExporterSpec, hookimpl
 
 
 def _export(run_dir: Any, out_dir: Any, **options: Any) -> Any:
@@ -31,7 +21,7 @@ def _chat(options: Any) -> Any:
 
 @hookimpl
 def exporter(register: Any) -> None:
-    register(ChatExporterSpec(
+    register(ExporterSpec(
         name="lmdeploy",
         description="Merged model + chat_template.json for LMDeploy (TurboMind for Llama-layout models, "
                     "PyTorch engine for LLaVA; Baichuan2-7B via the Llama layout; Baichuan2-13B refused).",

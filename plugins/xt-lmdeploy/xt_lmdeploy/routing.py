@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from xt.errors import XtError
+from xt.api import XtError
 
 TABLE_ENV = "XT_LMDEPLOY_TABLE"
 TABLE_CHOICES = ("auto", "builtin", "lmdeploy")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xt.errors import XtError
+from xt.api import XtError
 
 MULTIPLE_CHOICE, GENERATION = "multiple_choice", "generation"
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xt.errors import XtError
+from xt.api import XtError
 
 METRIC_NAMES = ("acc", "acc_norm", "exact_match", "f1", "bleu", "mc1", "mc2")
 
@@ -36,8 +36,7 @@ class EvalRequest:
 
 def output_folder(request: EvalRequest) -> Path:
     """``--out``, else ``RUN/eval-results`` for a run; a model that is not a run needs ``--out``."""
-    from xt.export import check_output_dir
-    from xt.run import EVAL_RESULTS_DIR, is_run_dir
+    from xt.api import EVAL_RESULTS_DIR, check_output_dir, is_run_dir
 
     if request.out_dir:
         out = Path(request.out_dir)
@@ -81,7 +80,7 @@ def results_table(summary: dict[str, dict[str, float]], counts: dict[str, int]) 
 
 
 def write_results(out: Path, record: dict[str, Any], table: str, samples: dict[str, list], overwrite: bool) -> None:
-    from xt.export import staged_output
+    from xt.api import staged_output
 
     with staged_output(out, overwrite=overwrite) as tmp:
         (tmp / "results.json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
@@ -107,7 +106,7 @@ def evaluate(request: EvalRequest) -> tuple[str, Path]:
 
     task_manager = TaskManager()
     check_task_names(request.tasks, task_manager)
-    from xt.chat import ChatOptions, load_chat_model
+    from xt.api import ChatOptions, load_chat_model
 
     from xt_lmeval.model import XtLM
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from lm_eval.api.model import LM
-from xt.errors import XtError
+from xt.api import XtError
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -46,7 +46,7 @@ class XtLM(LM):
     def score(self, batch: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         """Sum of log-probabilities of each continuation after its prompt, and whether it is the greedy one."""
         import torch
-        from xt.generation import preserved_training_state
+        from xt.api import preserved_training_state
 
         rows = [prompt + continuation for prompt, continuation in batch]
         width = max(len(row) for row in rows)
@@ -69,7 +69,7 @@ class XtLM(LM):
                       "tasks such as wikitext are not supported; choose multiple-choice or generation tasks.")
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
-        from xt.generation import generate_batch
+        from xt.api import generate_batch
 
         replies: list[str | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}

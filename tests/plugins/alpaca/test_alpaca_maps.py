@@ -96,7 +96,7 @@ def test_registrations() -> None:
         spec = registry.get("datasets", name)
         assert spec.source == hub_id and spec.default_template == "alpaca" and spec.plugin == "xt-alpaca"
         assert spec.map_row is map_alpaca_row
-        assert "--data-files" in spec.extra["offline_hint"] and "alpaca-demo" in spec.extra["offline_hint"]
+        assert "--data-files" in spec.offline_hint and "alpaca-demo" in spec.offline_hint
     demo = registry.get("datasets", "alpaca-demo")
     assert demo.default_template == "alpaca-demo" and demo.scorer is not None and tuple(demo.splits) == ("train", "test")
     assert registry.get("templates", "alpaca-demo").name == "alpaca-demo"
@@ -108,3 +108,19 @@ def test_conformance_kit_passes() -> None:
     report = check_plugin("xt_alpaca")
     assert set(report.names("datasets")) >= {"alpaca", "alpaca-zh", "alpaca-demo"}
     assert set(report.names("templates")) == {"alpaca", "alpaca-demo"}
+
+
+def test_the_demo_declares_the_plugin_its_model_comes_from() -> None:
+    from pathlib import Path
+
+    import pytest
+    import yaml
+    from xt.plugins import get_registry
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    root = Path(__file__).resolve().parents[3] / "plugins" / "xt-alpaca"
+    demo = yaml.safe_load((root / "xt_alpaca" / "configs" / "demo.yaml").read_text())
+    owner = get_registry().resolve_model(demo["model"]).plugin
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert owner != "xt-core" and any(req.startswith(owner) for req in extras["demo"]), (owner, extras)

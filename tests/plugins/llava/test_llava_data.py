@@ -116,17 +116,45 @@ def test_bad_rows_fail_naming_the_row(folder, dog, tmp_path):
     assert len(dataset) == 1 and dataset.stats["skipped"] == 3
 
 
-def test_registered_dataset_reads_the_image_folder_from_the_environment(folder, dog, monkeypatch):
+def test_registered_dataset_takes_the_image_folder_from_the_run_context(folder, dog, monkeypatch):
     from xt.plugins import get_registry
+    from xt.specs import RowError, RunContext
 
     spec = get_registry().get("datasets", "llava")
-    monkeypatch.setenv("XT_IMAGE_FOLDER", str(folder))
-    assert spec.map_row(_row("r", dog))["images"] == [str(folder / dog)]
-    monkeypatch.delenv("XT_IMAGE_FOLDER")
-    from xt.specs import RowError
+    assert spec.pass_context
+    assert spec.map(_row("r", dog), RunContext(image_folder=str(folder)))["images"] == [str(folder / dog)]
+    monkeypatch.setenv("XT_IMAGE_FOLDER", str(folder))  # the environment is not a side channel any more
+    with pytest.raises(RowError, match="--image-folder"):
+        spec.map(_row("r", dog), RunContext())
 
-    with pytest.raises(RowError, match="XT_IMAGE_FOLDER"):
-        spec.map_row(_row("r", dog))
+
+def test_changing_only_the_image_folder_rebuilds_the_data_cache(folder, dog, tmp_path):
+    """The same rows and file names under two folders: the second build must not reuse the first."""
+    import shutil
+
+    from xt.data import DataOptions, build_dataset
+    from xt.plugins import get_registry
+    from xt.specs import RunContext
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    for target in (first, second):
+        target.mkdir()
+        shutil.copy(folder / dog, target / dog)
+    data = tmp_path / "rows.json"
+    data.write_text(json.dumps([_row("r", dog)]))
+    registry = get_registry()
+    spec, template = registry.get("datasets", "llava"), registry.get("templates", "default")
+
+    def build(image_folder: Path):
+        options = DataOptions(data_files=[str(data)], max_length=128, pack=False, cache_dir=str(tmp_path / "cache"),
+                              context=RunContext(image_folder=str(image_folder)))
+        return build_dataset(spec, template, _processor(), options)
+
+    a, again, b = build(first), build(first), build(second)
+    assert not a.stats["cached"] and again.stats["cached"]
+    assert not b.stats["cached"] and b.stats["cache_path"] != a.stats["cache_path"]
+    assert again[0]["images"] == [str(first / dog)]
+    assert b[0]["images"] == [str(second / dog)]  # not the stale path from the first folder
 
 
 def test_modality_grouped_sampler_keeps_batches_pure_and_resumes():

@@ -27,7 +27,7 @@ def test_registrations_and_stage_defaults():
     registry = _registry()
     assert registry.get("models", "clip-tiny").kind == "vision-encoder"
     spec = registry.get("models", "llava-tiny")
-    assert spec.kind == "multimodal" and set(spec.extra["stages"]) == {"pretrain", "finetune"}
+    assert spec.kind == "multimodal" and set(spec.stages) == {"pretrain", "finetune"}
     cfg = resolve_config(None, {"model": "llava-tiny", "dataset": "llava"}, ["stage=pretrain"])
     assert cfg.method == "full" and cfg.collator == "llava" and cfg.train_patterns == ["*multi_modal_projector*"]
     cfg = resolve_config(None, {"model": "llava-tiny", "dataset": "llava", "method": "qlora"}, ["stage=finetune"])

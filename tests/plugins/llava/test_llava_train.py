@@ -46,10 +46,9 @@ def _train(data: Path, folder: Path, out: Path, stage: str, monkeypatch, *extra:
     from xt.config import resolve_config
     from xt.train.loop import train
 
-    monkeypatch.setenv("XT_IMAGE_FOLDER", str(folder))
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[3] / ".cache" / "torch_extensions"))
     cfg = resolve_config(None, {"model": "llava-tiny", "dataset": "llava", "data_files": [str(data)],
-                                "output": str(out)},
+                                "output": str(out), "image_folder": str(folder)},
                          [f"stage={stage}", "max_length=64", "micro_batch_size=4", "max_steps=12", "save_total_limit=0",
                           "warmup_ratio=0", "use_data_cache=false", "log_steps=1", *extra])
     return train(cfg, overwrite=True)
@@ -69,7 +68,6 @@ def _base():
 @pytest.mark.slow
 def test_pretrain_then_finetune(llava_data, images, tmp_path, monkeypatch):
     data, folder = llava_data
-    monkeypatch.setenv("XT_IMAGE_FOLDER", str(folder))
     base = {n: p.detach().clone() for n, p in _base().named_parameters()}
 
     # ---- pretrain: only the projector learns; the result is a full HF llava folder
