@@ -63,15 +63,15 @@ def _options(data_files: tuple[str, ...], split: str, max_length: int, length_po
 def _attention_weight(model_name: str) -> float:
     """The model's attention-pair cost (xt.data.layout) from its config on the meta device; 0 when unknown."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     from xt.data.layout import attention_weight
     from xt.plugins import get_registry
+    from xt.train.plan import meta_model
 
     spec = get_registry().resolve_model(model_name)
     try:
         with torch.device("meta"):
-            return attention_weight(AutoModelForCausalLM.from_config(spec.config()))
+            return attention_weight(meta_model(spec.config()))
     except Exception:  # no config callable, or an architecture transformers cannot build
         return 0.0
 
