@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -44,6 +45,8 @@ def train_command(config_file: str | None, config_opt: str | None, model: str | 
     """
     from xt.config import resolve_config
 
+    if nproc is not None and nproc < 1:
+        raise XtError(f"--nproc must be at least 1, got {nproc}.")
     if config_file and config_opt:
         raise XtError("Pass the config file either as an argument or with --config, not both.")
     config_path = config_file or config_opt
@@ -78,6 +81,14 @@ def train_command(config_file: str | None, config_opt: str | None, model: str | 
         sys.exit(relaunch(nproc or 1, hostfile))
     from xt.train.loop import train
 
-    run_dir = train(cfg, resume=resume_value, overwrite=overwrite)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a stopped run is marked failed in run.json
+    try:
+        run_dir = train(cfg, resume=resume_value, overwrite=overwrite)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(str(run_dir / "final"))
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"by {signal.Signals(signum).name}")

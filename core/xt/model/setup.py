@@ -6,7 +6,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
-from xt.errors import XtError
+from xt.errors import XtError, plugin_call
 from xt.model.loading import choose_attention, disable_bnb_avx512bf16, load_hf_causal_lm, load_hf_tokenizer
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -50,7 +50,8 @@ def load_tokenizer(spec: Any, source: str | None, trust_remote_code: bool = Fals
 
     if spec.load_tokenizer is not None:
         extra_args = dict(model_args or {}) if spec.extra.get("tokenizer_model_args") else {}
-        tokenizer = spec.load_tokenizer(source, **extra_args)
+        with plugin_call(spec, "load_tokenizer"):
+            tokenizer = spec.load_tokenizer(source, **extra_args)
     else:
         tokenizer = load_hf_tokenizer(source, trust_remote_code=trust_remote_code)
     ensure_pad_token(tokenizer)
@@ -92,7 +93,8 @@ def load_base_model(cfg: Any, spec: Any, source: str | None, dtype: str, attn: s
         kwargs["trust_remote_code"] = True
     kwargs.update(cfg.model_args)
     loader = spec.load_model or load_hf_causal_lm
-    model = loader(source, **kwargs)
+    with plugin_call(spec, "load_model"):
+        model = loader(source, **kwargs)
     disable_bnb_avx512bf16(model)  # always: the bug only bites after a no-grad forward
     return model
 

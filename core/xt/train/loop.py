@@ -12,14 +12,13 @@ from __future__ import annotations
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from xt.config import TrainConfig
-from xt.errors import XtError
+from xt.errors import XtError, plugin_call
 
 VAL_SPLITS = ("validation", "test")
 
@@ -49,29 +48,6 @@ def resolve_resume(cfg: TrainConfig, resume: str | bool | None) -> tuple[Path, P
         raise XtError(f"Nothing to resume in '{run_dir}': it has no complete checkpoint under checkpoints/; "
                       f"start a new run without --resume.")
     return run_dir, ckpt
-
-
-def prepare_run_dir(run_dir: Path, resuming: bool, overwrite: bool, create: bool = True) -> None:
-    """Create the run dir; refuse to mix runs unless --overwrite (only an xt run dir is ever deleted).
-
-    ``create=False`` only checks, so a refusal comes before the model and data load.
-    """
-    from xt.run import is_run_dir
-
-    if resuming:
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise XtError(f"Output folder '{run_dir}' already holds a run; pass --overwrite to replace it, "
-                          f"--resume to continue it, or --output NEW_DIR.")
-        if not is_run_dir(run_dir):
-            raise XtError(f"Output folder '{run_dir}' is not empty and not an xt run; refusing to delete it "
-                          f"with --overwrite. Choose another --output.")
-        if create:
-            shutil.rmtree(run_dir)
-    if not create:
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -133,7 +109,44 @@ def _real_tokens(batch: dict[str, Any]) -> int:
 
 
 def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool = False) -> Path:
-    """Train as ``cfg`` says; returns the run directory. Runs the same on 1 or N processes."""
+    """Train as ``cfg`` says; returns the run directory. Runs the same on 1 or N processes.
+
+    A run that stops on an exception or a signal is marked failed in ``run.json`` with the reason.
+    """
+    from xt.errors import first_line
+    from xt.run import mark_failed
+
+    held: list[Any] = []  # the run folder's lock, once taken (rank 0)
+    try:
+        return _train(cfg, resume, overwrite, held)
+    except BaseException as exc:
+        if held and cfg.output:
+            reason = f"interrupted {exc}".strip() if isinstance(exc, KeyboardInterrupt) else \
+                f"{type(exc).__name__}: {first_line(exc)}"
+            mark_failed(Path(cfg.output), reason)
+        raise
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def on_main(main: bool, action: Any) -> Any:
+    """Run ``action()`` on rank 0 and raise its XtError on every rank; returns rank 0's result (else None)."""
+    from xt.train.dist import broadcast_object
+
+    result, error = None, None
+    if main:
+        try:
+            result = action()
+        except XtError as exc:
+            error = str(exc)
+    error = broadcast_object(error)
+    if error:
+        raise XtError(error)
+    return result
+
+
+def _train(cfg: TrainConfig, resume: str | bool | None, overwrite: bool, held: list[Any]) -> Path:
     import deepspeed
     from tqdm.auto import tqdm
 
@@ -143,9 +156,9 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     from xt.model.saving import save_final
     from xt.model.setup import build_model, count_parameters
     from xt.plugins import get_registry
-    from xt.run import RunInfo
+    from xt.run import RunInfo, RunLock, check_new_run_dir, start_run_dir
     from xt.train.checkpoint import load_checkpoint, save_checkpoint
-    from xt.train.dist import all_reduce_sum, barrier, broadcast_object, init_distributed
+    from xt.train.dist import all_reduce_sum, barrier, init_distributed
     from xt.train.evaluation import batch_loss_sum, heldout_prompts, label_tokens, run_generation_eval, validation_loss
     from xt.train.metrics import MetricsLog, plot_loss
     from xt.train.optim import build_ds_config, make_optimizer, make_scheduler
@@ -155,8 +168,10 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     rank, world, device, main = dist.rank, dist.world_size, dist.device, dist.is_main
     run_dir, resume_ckpt = resolve_resume(cfg, resume)
     cfg.output = str(run_dir)
-    if main:
-        prepare_run_dir(run_dir, resume_ckpt is not None, overwrite, create=False)
+    if resume_ckpt is not None:  # locked from the start: nothing else may touch a run being resumed
+        held.extend(filter(None, [on_main(main, lambda: RunLock(run_dir, "train --resume"))]))
+    else:
+        on_main(main, lambda: check_new_run_dir(run_dir, overwrite))
     seed_everything(cfg.seed)
     if cfg.image_folder:
         os.environ["XT_IMAGE_FOLDER"] = str(cfg.image_folder)
@@ -170,21 +185,11 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     model, tokenizer = loaded.model, loaded.tokenizer
     train_rows, val_rows = build_data(cfg, dataset_spec, template, tokenizer, rank, world)
 
-    # ---- the run directory: written only once model and data loaded, so a bad name, an unreachable
-    # hub or a malformed file leaves nothing behind
-    error = None
-    if main:
-        try:
-            prepare_run_dir(run_dir, resume_ckpt is not None, overwrite)
-            cfg.save(run_dir / "config.yaml")
-        except XtError as exc:
-            error = str(exc)
-    error = broadcast_object(error)
-    if error:
-        raise XtError(error)
     collator_name = cfg.collator if cfg.collator != "default" else model_spec.extra.get("collator", "default")
-    collate = registry.get("collators", collator_name).factory(
-        tokenizer=tokenizer, pad_token_id=safe_pad_id(tokenizer, model), attn_implementation=loaded.attn)
+    collator_spec = registry.get("collators", collator_name)
+    with plugin_call(collator_spec, "the collator factory"):
+        collate = collator_spec.factory(tokenizer=tokenizer, pad_token_id=safe_pad_id(tokenizer, model),
+                                        attn_implementation=loaded.attn)
     make_sampler = model_spec.extra.get("batch_sampler")  # e.g. modality-grouped batches for multimodal models
     if make_sampler is not None:
         sampler = make_sampler(train_rows, cfg.micro_batch_size, rank=rank, world_size=world, seed=cfg.seed,
@@ -217,14 +222,24 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
         state = load_checkpoint(engine, resume_ckpt, rank=rank, exclude_frozen=exclude_frozen)
         sampler.load_state_dict(state["sampler"])
         start_step, history = int(state["step"]), state.get("metrics", {})
-    metrics = MetricsLog(run_dir, enabled=main, resume_step=start_step if resume_ckpt is not None else None)
     info = RunInfo(model=cfg.model, model_source=loaded.source, template=template.name, method=cfg.method,
                    dataset=cfg.dataset, kind=model_spec.kind, adapter=loaded.adapter, xt_version=__version__,
                    model_args=dict(cfg.model_args),
                    extra={"total_steps": total_steps, "world_size": world})
     total_params, trainable_params = count_parameters(engine.module)
+
+    # ---- the run directory: written only once everything above is valid, so a bad name, file, collator
+    # or setting leaves nothing behind, and an --overwrite'n run is replaced only now
+    def write_run(folder: Path) -> None:
+        cfg.save(folder / "config.yaml")
+        info.save(folder)
+
+    if resume_ckpt is not None:
+        on_main(main, lambda: write_run(run_dir))
+    else:
+        held.extend(filter(None, [on_main(main, lambda: start_run_dir(run_dir, overwrite, write_run))]))
+    metrics = MetricsLog(run_dir, enabled=main, resume_step=start_step if resume_ckpt is not None else None)
     if main:
-        info.save(run_dir)
         print(f"xt train: {cfg.model} on {cfg.dataset} ({template.name} template), {cfg.method}, {loaded.dtype}, "
               f"attn {loaded.attn}, ZeRO-{cfg.zero_stage}, {world} process(es); {trainable_params:,} of "
               f"{total_params:,} parameters trainable; {len(train_rows)} rows, {steps_per_epoch} steps/epoch, "
