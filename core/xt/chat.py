@@ -87,7 +87,15 @@ def load_chat_model(options: ChatOptions) -> ChatModel:
     """Load what ``options.target`` names (run directory, registered model, folder or hub id)."""
     import torch
 
-    from xt.export import apply_adapter, describe_run, load_base, load_tokenizer_for, resolve_base, template_for
+    from xt.export import (
+        apply_adapter,
+        check_adapter_base,
+        describe_run,
+        load_base,
+        load_tokenizer_for,
+        resolve_base,
+        template_for,
+    )
     from xt.model.loading import disable_bnb_avx512bf16
     from xt.run import is_run_dir
 
@@ -118,6 +126,8 @@ def load_chat_model(options: ChatOptions) -> ChatModel:
             model_args = {}  # the saved folder is complete
     else:
         spec, source = resolve_base(options.target)
+        if adapter is not None:
+            check_adapter_base(options.target, adapter)
         template_name, kind = options.template, spec.kind
         model_args = {}
         model_dir = Path(source) if source and Path(source).is_dir() else None

@@ -75,13 +75,15 @@ class XtGroup(click.Group):
 
 
 def error_line(exc: BaseException) -> tuple[str, int]:
-    """(one-line message, exit code) for an exception reaching the command line."""
+    """(one-line message, exit code) for an exception reaching the command line; several processes
+    of one run prefix their rank."""
+    rank = f"[rank {os.environ.get('RANK', '0')}] " if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else ""
     if isinstance(exc, XtError):
-        return str(exc), exc.exit_code
+        return rank + str(exc), exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
-        return "interrupted.", 130
-    return (f"{type(exc).__name__}: {first_line(exc)} (an unexpected error inside xt; rerun with --debug for "
-            f"the traceback and report it).", 1)
+        return f"{rank}interrupted {exc}".strip() + ".", 130
+    return (f"{rank}{type(exc).__name__}: {first_line(exc)} (an unexpected error inside xt; rerun with --debug "
+            f"for the traceback and report it).", 1)
 
 
 def plugin_dist(plugin_name: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -301,9 +302,12 @@ def parse_value(raw: str) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         return raw
+    if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value.strip()):
+        return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+    return value
 
 
 def parse_key_values(pairs: list[str] | tuple[str, ...], option: str = "--set") -> list[tuple[str, Any]]:
@@ -383,6 +387,9 @@ def resolve_config(config_file: str | Path | None = None, cli: dict[str, Any] | 
     defaults = stage_defaults(str(values.get("model", "")), stage if isinstance(stage, str) else None)
     values = _deep_merge(defaults, values)  # the user's own keys win over the stage's defaults
     cfg = from_dict(values, where=str(config_file) if config_file else "config")
+    if cfg.model_path and not Path(cfg.model_path).expanduser().is_dir():
+        raise XtError(f"--model-path '{cfg.model_path}' is not a folder; pass the local folder holding the model's "
+                      f"weights, or drop it to use the model's own source.")
     if not cfg.model:
         raise XtError("No model given; pass --model NAME (see 'xt list models') or set 'model' in the config file.")
     if not cfg.dataset:

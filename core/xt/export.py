@@ -139,6 +139,31 @@ def _saved_template(folders: tuple[Any, ...]) -> Any:
     return None
 
 
+def _model_identity(name: str) -> str:
+    """A registered model's canonical name (aliases resolved), else the absolute folder, else the hub id."""
+    from xt.plugins import get_registry
+
+    registry = get_registry()
+    if name in registry.names("models"):
+        return registry.get("models", name).name
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
+
+
+def check_adapter_base(base: str, adapter_dir: str | os.PathLike) -> None:
+    """Refuse an adapter whose run (``run.json`` beside or above it) trained on another base model."""
+    from xt.run import is_run_dir, load_run
+
+    adapter_dir = Path(adapter_dir)
+    run_dir = next((d for d in (adapter_dir, adapter_dir.parent) if is_run_dir(d)), None)
+    if run_dir is None:
+        return
+    trained = load_run(run_dir).model
+    if _model_identity(trained) != _model_identity(base):
+        raise XtError(f"The adapter in '{adapter_dir}' was trained on '{trained}' (see {run_dir / 'run.json'}), not "
+                      f"'{base}'; pass '{trained}' as the base model.")
+
+
 def apply_adapter(base: Any, adapter_dir: str | os.PathLike, *, merge: bool) -> Any:
     """Wrap ``base`` with the PEFT adapter in ``adapter_dir``; merged into plain weights when ``merge``."""
     from peft import PeftModel
@@ -228,6 +253,7 @@ def merge_adapter(base: str, adapter_dir: str | os.PathLike, out_dir: str | os.P
         raise XtError(f"'{adapter}' is not a PEFT adapter folder (no adapter_config.json); pass the final/ "
                       f"folder of a LoRA run or a run directory.")
     check_output_dir(out_dir, overwrite, protect=(adapter,))
+    check_adapter_base(base, adapter)
     spec, base_source = resolve_base(base, source)
     torch_dtype = torch_dtype_of(dtype)
     tmpl = template_for(template, (adapter,), spec)

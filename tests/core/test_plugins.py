@@ -170,3 +170,20 @@ def test_builtins_pass_the_conformance_kit_and_a_bad_template_fails_it():
         check_plugin_object(Broken, "broken")
     assert "user part must contain '{content}'" in str(err.value)
     assert "neither sample_rows nor generate" in str(err.value)  # every problem in one message
+
+
+def test_unknown_plugin_names_are_reported_and_builtins_can_be_disabled(monkeypatch, capsys):
+    from xt.plugins import get_registry, plugin_infos, reset
+
+    monkeypatch.setenv("XT_DISABLE_PLUGINS", "xt.builtins,xt-alpacca")
+    reset()
+    registry = get_registry()
+    err = capsys.readouterr().err
+    assert "XT_DISABLE_PLUGINS names 'xt-alpacca'" in err and "Did you mean 'xt-alpaca'?" in err
+    assert "default" not in registry.names("collators")  # the core's collator came from xt.builtins
+    assert {i.name: i.status for i in plugin_infos()}["xt.builtins"] == "disabled"
+    monkeypatch.setenv("XT_LOAD_PLUGINS", "nothing-like-this")
+    monkeypatch.delenv("XT_DISABLE_PLUGINS")
+    reset()
+    get_registry()
+    assert "XT_LOAD_PLUGINS names 'nothing-like-this'" in capsys.readouterr().err

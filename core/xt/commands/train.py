@@ -68,6 +68,8 @@ def train_command(config_file: str | None, config_opt: str | None, model: str | 
     if isinstance(resume_value, str) and not output:
         cfg.output = str(Path(resume_value)) if (Path(resume_value) / "config.yaml").is_file() \
             else str(Path(resume_value).parent.parent)
+    if resume_value is not None:
+        check_resume_settings(cfg)
 
     from xt.train.launch import already_launched, relaunch
 
@@ -92,3 +94,19 @@ def train_command(config_file: str | None, config_opt: str | None, model: str | 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"by {signal.Signals(signum).name}")
+
+
+def check_resume_settings(cfg: object) -> None:
+    """--resume continues the run's own settings: refuse any other, by name, instead of ignoring it."""
+    from xt.config import from_dict, read_yaml
+
+    saved_file = Path(cfg.output or Path("runs") / cfg.run_name) / "config.yaml"
+    if not saved_file.is_file():
+        return
+    saved = from_dict(read_yaml(saved_file), where=str(saved_file)).to_dict()
+    changed = [f"{key} ({saved[key]!r} in the run, {value!r} now)" for key, value in cfg.to_dict().items()
+               if key != "output" and saved.get(key) != value]
+    if changed:
+        raise XtError(f"--resume continues the saved settings of '{saved_file.parent}', but these differ: "
+                      f"{'; '.join(changed)}. Drop the changes, or start a new run with them (--overwrite or "
+                      f"another --output).")

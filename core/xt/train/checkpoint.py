@@ -179,10 +179,11 @@ def load_checkpoint(engine: Any, ckpt_dir: Path, *, rank: int, exclude_frozen: b
 
 def safe_globals() -> list[Any]:
     """The non-tensor types DeepSpeed's checkpoints hold, admitted by the weights-only unpickler."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    return [ZeroStageEnum, fragment_address]
+    return [ZeroStageEnum, fragment_address, LossScaler, DynamicLossScaler]
 
 
 @contextmanager

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from xt.errors import XtError
 
 LAUNCHED_ENV = "XT_LAUNCHED"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def strip_launch_options(argv: Sequence[str]) -> list[str]:
@@ -45,7 +49,7 @@ def launch_command(nproc: int, hostfile: str | None, argv: Sequence[str], script
             raise XtError("--hostfile needs DeepSpeed's 'deepspeed' launcher on PATH; reinstall deepspeed.")
         return [launcher, "--hostfile", hostfile, "--num_gpus", str(nproc), "--no_local_rank",
                 "--master_port", str(free_port()), script, *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--nnodes", "1",
+    return [sys.executable, "-m", "xt.train.torchrun", "--nproc-per-node", str(nproc), "--nnodes", "1",
             "--master-addr", "127.0.0.1", "--master-port", str(free_port()), script, *args]
 
 
@@ -63,7 +67,34 @@ def relaunch(nproc: int, hostfile: str | None, argv: Sequence[str] | None = None
     env[LAUNCHED_ENV] = "1"
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     print("xt train: launching " + " ".join(cmd), file=sys.stderr)
-    return subprocess.call(cmd, env=env)
+    launcher = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)
+    with forwarded_signals(launcher):
+        return launcher.wait()
+
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def forwarded_signals(child: subprocess.Popen) -> Iterator[None]:
+    """Pass Ctrl-C, SIGTERM and SIGHUP on to the launcher, which ends its workers."""
+    def forward(signum: int, frame: object) -> None:
+        child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def die_with_parent() -> None:
+    """In the launcher's process (Linux): receive SIGTERM when xt dies, even by SIGKILL, so no worker is left."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the forwarded signals still cover an orderly stop
+        pass
 
 
 def already_launched() -> bool:

@@ -31,8 +31,9 @@ def default_output(cfg: TrainConfig) -> Path:
     return Path("runs") / cfg.run_name
 
 
-def resolve_resume(cfg: TrainConfig, resume: str | bool | None) -> tuple[Path, Path | None]:
-    """(run dir, checkpoint to resume from or None)."""
+def resolve_resume(cfg: TrainConfig, resume: str | bool | None,
+                   claim: Any = None) -> tuple[Path, Path | None]:
+    """(run dir, checkpoint to resume from or None); ``claim(run_dir)`` runs before checkpoints are read."""
     from xt.train.checkpoint import STATE_FILE, latest_checkpoint
 
     run_dir = Path(cfg.output) if cfg.output else default_output(cfg)
@@ -41,8 +42,12 @@ def resolve_resume(cfg: TrainConfig, resume: str | bool | None) -> tuple[Path, P
     if isinstance(resume, str):
         target = Path(resume)
         if (target / STATE_FILE).is_file():  # a checkpoint folder itself
+            if claim is not None:
+                claim(target.parent.parent)
             return target.parent.parent, target
         run_dir = target
+    if claim is not None:
+        claim(run_dir)
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:
         raise XtError(f"Nothing to resume in '{run_dir}': it has no complete checkpoint under checkpoints/; "
@@ -166,11 +171,13 @@ def _train(cfg: TrainConfig, resume: str | bool | None, overwrite: bool, held: l
     # ---- processes, run directory, seeds
     dist = init_distributed()
     rank, world, device, main = dist.rank, dist.world_size, dist.device, dist.is_main
-    run_dir, resume_ckpt = resolve_resume(cfg, resume)
+    # a run being resumed is locked before its checkpoints are read: nothing else may touch it
+    def claim(folder: Path) -> None:
+        held.extend(filter(None, [on_main(main, lambda: RunLock(folder, "train --resume"))]))
+
+    run_dir, resume_ckpt = resolve_resume(cfg, resume, claim)
     cfg.output = str(run_dir)
-    if resume_ckpt is not None:  # locked from the start: nothing else may touch a run being resumed
-        held.extend(filter(None, [on_main(main, lambda: RunLock(run_dir, "train --resume"))]))
-    else:
+    if resume_ckpt is None:
         on_main(main, lambda: check_new_run_dir(run_dir, overwrite))
     seed_everything(cfg.seed)
     if cfg.image_folder:
@@ -312,8 +319,8 @@ def _train(cfg: TrainConfig, resume: str | bool | None, overwrite: bool, held: l
             metrics.close()
             raise NonFiniteLossError(
                 f"The loss became {loss} at step {step}; training stopped and the bad state was not saved. "
-                f"The last good checkpoint is in {run_dir / 'checkpoints'}; lower lr or check the data, "
-                f"then --resume.")
+                f"The last good checkpoint is in {run_dir / 'checkpoints'}; check the data, or lower lr and "
+                f"start again with --overwrite (--resume keeps the run's settings).")
         engine.step()
         elapsed = time.perf_counter() - started
         tokens_seen += int(global_tokens)
