@@ -56,5 +56,5 @@ def plugin_call(spec: Any, what: str) -> Iterator[None]:
     except XtError:
         raise
     except Exception as exc:
-        raise PluginError(f"{what} of {describe_spec(spec)} failed with {type(exc).__name__}: {first_line(exc)}; "
-                          f"this is a problem in that plugin (rerun with --debug for the traceback).") from exc
+        raise PluginError(f"{what} of {describe_spec(spec)} failed with {type(exc).__name__}: {first_line(exc)} "
+                          f"(rerun with --debug for the traceback).") from exc

@@ -62,3 +62,39 @@ def test_a_partial_last_metrics_line_is_dropped_on_resume(tmp_path):
     log = MetricsLog(tmp_path, enabled=True, resume_step=2)
     log.close()
     assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n'
+
+
+def test_a_resave_killed_between_its_renames_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    import os
+
+    import deepspeed
+    import torch
+    from xt.train import checkpoint
+    from xt.train.dist import init_distributed
+
+    init_distributed()
+    model = torch.nn.Linear(4, 4)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters()),
+                                      config={"train_batch_size": 1}, dist_init_required=False)
+    root = tmp_path / "checkpoints"
+    state = {"step": 4, "sampler": {}, "metrics": {}}
+    checkpoint.save_checkpoint(engine, root, 4, state, rank=0, keep=3, exclude_frozen=False)
+    saved = {p.name: p.read_bytes() for p in (root / "step-4").iterdir()}
+
+    real_replace, calls = os.replace, []
+
+    def killed_on_second_rename(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed between the renames")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_on_second_rename)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint(engine, root, 4, state, rank=0, keep=3, exclude_frozen=False)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert not (root / "step-4").exists()  # the moment of the kill: the old copy is aside, whole
+    assert checkpoint.latest_checkpoint(root) == root / "step-4"
+    assert {p.name: p.read_bytes() for p in (root / "step-4").iterdir()} == saved

@@ -195,11 +195,21 @@ def test_unusable_checkpoints_are_named_and_skipped(work, tmp_path, damage, expe
     ("lr=nan", "lr must be a finite number"),
     ("epochs=inf", "epochs must be a finite number"),
 ])
-def test_invalid_overwrite_keeps_the_old_run(work, setting, needle):
+def test_invalid_overwrite_keeps_the_old_run(work, setting, needle, monkeypatch):
+    """In-process (the subprocess cases above and below cover the command line's one-line output)."""
+    from click.testing import CliRunner
+    from test_train_support import register_test_plugin
+    from xt.cli import cli
+
     folder, xt, env, run = work
+    monkeypatch.setenv("XT_CACHE_DIR", env["XT_CACHE_DIR"])
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # as a fresh process sees it
+        monkeypatch.delenv(key, raising=False)
+    register_test_plugin(folder / "tiny-llama")
     before = checksums(run)
-    result = xt_run(xt, env, *TRAIN, "--set", setting, "--output", run, "--overwrite")
-    assert_one_line_error(result, needle)
+    result = CliRunner().invoke(cli, [*TRAIN, "--set", setting, "--output", str(run), "--overwrite"])
+    assert result.exit_code == 2 and needle in result.output, result.output[-2000:]
+    assert "Traceback" not in result.output
     assert checksums(run) == before
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".run.")]  # no half-made sibling
 

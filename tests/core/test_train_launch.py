@@ -33,3 +33,42 @@ def test_hostfile_goes_through_deepspeeds_launcher(tmp_path):
 def test_missing_hostfile_is_one_clear_sentence(tmp_path):
     with pytest.raises(XtError, match="Hostfile .* does not exist"):
         launch_command(2, str(tmp_path / "nope"), ["train"], script="xt")
+
+
+def test_the_launcher_gets_our_signals_and_dies_with_us(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from xt.train.launch import forwarded_signals
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    child = subprocess.Popen(sleeper)
+    with forwarded_signals(child):
+        os.kill(os.getpid(), signal.SIGTERM)  # would end pytest if it were not forwarded
+        assert child.wait(timeout=30) == -signal.SIGTERM
+
+    pid_file = tmp_path / "grandchild.pid"
+    middle = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time; from xt.train.launch import die_with_parent; "
+        f"p = subprocess.Popen({sleeper!r}, preexec_fn=die_with_parent); "
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)")])
+    deadline = time.time() + 30
+    while not (pid_file.is_file() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    grandchild = int(pid_file.read_text())
+    middle.kill()  # SIGKILL: no handler runs, only the kernel's parent-death signal
+    middle.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            break
+        if open(f"/proc/{grandchild}/stat").read().split()[2] == "Z":  # ended, not yet reaped
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(grandchild, signal.SIGKILL)
+        pytest.fail("the launcher outlived xt")

@@ -97,11 +97,24 @@ def checkpoint_problem(ckpt_dir: Path) -> str | None:
     return None
 
 
+def restore_interrupted_resaves(ckpt_root: Path) -> None:
+    """Put back ``.old-step-N`` when a re-save of ``step-N`` was killed between its two renames."""
+    if not ckpt_root.is_dir():
+        return
+    for old in ckpt_root.glob(".old-step-*"):
+        final = ckpt_root / old.name.removeprefix(".old-")
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, final)
+
+
 def latest_checkpoint(ckpt_root: Path) -> Path | None:
     """The newest usable checkpoint: the one ``latest`` names, else the newest complete one.
 
     Unusable ones are skipped with a line on stderr saying why; None when there is no checkpoint.
     """
+    restore_interrupted_resaves(ckpt_root)
     pointer = ckpt_root / LATEST
     named = ckpt_root / pointer.read_text().strip() if pointer.is_file() else None
     dirs = step_dirs(ckpt_root)
