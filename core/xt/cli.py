@@ -62,11 +62,9 @@ class XtGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
-        except BaseException as exc:  # noqa: BLE001 - every failure becomes one line (traceback with --debug)
-            if isinstance(exc, SystemExit):
-                raise
+        except (Exception, KeyboardInterrupt) as exc:  # every failure becomes one line (traceback with --debug)
             message, code = error_line(exc)
             click.echo(f"Error: {message}", err=True)
             if debug_enabled():

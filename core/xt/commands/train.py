@@ -6,10 +6,14 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from xt.errors import XtError
+
+if TYPE_CHECKING:
+    from xt.config import TrainConfig
 
 
 @click.command("train")
@@ -96,7 +100,7 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"by {signal.Signals(signum).name}")
 
 
-def check_resume_settings(cfg: object) -> None:
+def check_resume_settings(cfg: TrainConfig) -> None:
     """--resume continues the run's own settings: refuse any other, by name, instead of ignoring it."""
     from xt.config import from_dict, read_yaml
 
