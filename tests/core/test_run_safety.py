@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -300,3 +301,44 @@ def test_bad_command_lines_are_one_line_errors(work, args, needle):
     result = xt_run(xt, env, *(a.format(file=a_file, folder=folder, run=run) for a in args))
     assert_one_line_error(result, needle)
     assert ({p: checksums(p) for p in (run,)}, a_file.read_bytes()) == before
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.is_file() else []
+
+
+def _rank_of(pid: int) -> str | None:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return next((v.split(b"=", 1)[1].decode() for v in env if v.startswith(b"RANK=")), None)
+
+
+def test_a_killed_rank_ends_a_two_process_run_with_one_line(work):
+    folder, xt, env, _ = work
+    out = folder / "two"
+    log_path = folder / "two.log"
+    with log_path.open("w") as log:
+        launcher = subprocess.Popen([*xt, *TRAIN, "--nproc", "2", "--set", "max_steps=100000", "--set", "save_steps=0",
+                                     "--set", "save_total_limit=0", "--output", str(out)],
+                                    env={**env, "XT_COLLECTIVE_TIMEOUT": "60"}, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            deadline = time.time() + 300
+            while not (out / "metrics.jsonl").is_file() and launcher.poll() is None and time.time() < deadline:
+                time.sleep(0.2)
+            assert launcher.poll() is None, log_path.read_text()[-3000:]
+            workers = [p for c in _children(launcher.pid) for p in _children(c)]
+            rank1 = next(p for p in workers if _rank_of(p) == "1")
+            os.kill(rank1, signal.SIGKILL)
+            launcher.wait(timeout=180)
+        finally:
+            if launcher.poll() is None:
+                launcher.kill()
+    stderr = log_path.read_text()
+    assert launcher.returncode != 0
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert "process rank 1 stopped first (exit code -9)" in stderr, stderr[-3000:]
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "failed"  # rank 0 was ended by the launcher and said why
