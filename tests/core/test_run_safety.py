@@ -292,11 +292,16 @@ def test_plugin_failures_name_the_plugin_and_set_values_parse_alike(work, tmp_pa
     ([*TRAIN, "--model-path", "{folder}/missing"], "is not a folder"),
     (["train", "--resume", "{run}", "--set", "lr=0.5"], "lr (0.003 in the run, 0.5 now)"),
     (["data", "preview", "--model", MODEL, "--dataset", DATASET, "-n", "-1"], "Invalid value for '-n'"),
+    ([*TRAIN, "--set", "lr=nan", "--output", "{run}", "--overwrite"], "lr must be a finite number, got nan"),
+    (["chat", "{folder}/garbage", "--prompt", "hi"], "SafetensorError"),
 ])
 def test_bad_command_lines_are_one_line_errors(work, args, needle):
     folder, xt, env, run = work
     a_file = folder / "a-file.txt"
     a_file.write_text("not a folder")
+    if not (folder / "garbage").exists():  # a model folder whose weights file is garbage
+        shutil.copytree(run / "final", folder / "garbage")
+        (folder / "garbage" / "model.safetensors").write_bytes(b"\x07" * 4096)
     before = {p: checksums(p) for p in (run,)}, a_file.read_bytes()
     result = xt_run(xt, env, *(a.format(file=a_file, folder=folder, run=run) for a in args))
     assert_one_line_error(result, needle)
