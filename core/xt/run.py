@@ -28,6 +28,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -119,25 +120,26 @@ def locked(folder: str | os.PathLike, purpose: str) -> Iterator[None]:
 
 def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
     """Refuse to mix runs unless --overwrite, and never delete a folder that is not an xt run or is in use."""
-    _check_contents(run_dir, overwrite)
-    if run_dir.is_dir():
+    if _check_contents(run_dir, overwrite):
         with locked(run_dir, "train"):
             pass
 
 
-def _check_contents(run_dir: Path, overwrite: bool) -> None:
+def _check_contents(run_dir: Path, overwrite: bool) -> bool:
+    """True when ``run_dir`` holds a run that ``--overwrite`` may replace; raises when it may not."""
     if not run_dir.exists():
-        return
+        return False
     if not run_dir.is_dir():
         raise XtError(f"Output path '{run_dir}' is a file; choose a folder path for --output.")
     if not any(p.name != LOCK_FILE for p in run_dir.iterdir()):
-        return
+        return False
     if not overwrite:
         raise XtError(f"Output folder '{run_dir}' already holds a run; pass --overwrite to replace it, "
                       f"--resume to continue it, or --output NEW_DIR.")
     if not is_run_dir(run_dir):
         raise XtError(f"Output folder '{run_dir}' is not empty and not an xt run; refusing to delete it "
                       f"with --overwrite. Choose another --output.")
+    return True
 
 
 def start_run_dir(run_dir: Path, overwrite: bool, write: Callable[[Path], None]) -> RunLock:
@@ -157,8 +159,6 @@ def start_run_dir(run_dir: Path, overwrite: bool, write: Callable[[Path], None])
             swap_in(new, run_dir)
     except BaseException:
         lock.release()
-        import shutil
-
         shutil.rmtree(new, ignore_errors=True)
         raise
     return lock
