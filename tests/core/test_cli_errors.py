@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent))
+import test_train_support  # noqa: E402,F401  (DeepSpeed's JIT ops build in the repository's own cache)
 from xt.cli import cli, error_line
 from xt.errors import PluginError, XtError, plugin_call
 from xt.specs import CollatorSpec
@@ -98,3 +103,10 @@ def test_a_resave_killed_between_its_renames_keeps_the_old_checkpoint(tmp_path, 
     assert not (root / "step-4").exists()  # the moment of the kill: the old copy is aside, whole
     assert checkpoint.latest_checkpoint(root) == root / "step-4"
     assert {p.name: p.read_bytes() for p in (root / "step-4").iterdir()} == saved
+
+
+def test_resume_of_a_missing_run_says_there_is_nothing_to_resume(tmp_path):
+    result = CliRunner().invoke(cli, ["train", "--model", "baichuan2-tiny", "--dataset", "alpaca-demo", "--resume",
+                                      "--output", str(tmp_path / "never")])
+    assert result.exit_code == 2 and "Nothing to resume" in result.output, result.output
+    assert not (tmp_path / "never").exists()

@@ -173,7 +173,8 @@ def _train(cfg: TrainConfig, resume: str | bool | None, overwrite: bool, held: l
     rank, world, device, main = dist.rank, dist.world_size, dist.device, dist.is_main
     # a run being resumed is locked before its checkpoints are read: nothing else may touch it
     def claim(folder: Path) -> None:
-        held.extend(filter(None, [on_main(main, lambda: RunLock(folder, "train --resume"))]))
+        if folder.is_dir():  # else there is nothing to resume, which resolve_resume says
+            held.extend(filter(None, [on_main(main, lambda: RunLock(folder, "train --resume"))]))
 
     run_dir, resume_ckpt = resolve_resume(cfg, resume, claim)
     cfg.output = str(run_dir)
