@@ -96,7 +96,7 @@ def highlight(tokenizer: Any, input_ids: list[int], labels: list[int], color: bo
 
 @data_group.command("preview")
 @_common
-@click.option("-n", "count", type=int, default=3, show_default=True, help="How many samples to show.")
+@click.option("-n", "count", type=click.IntRange(min=1), default=3, show_default=True, help="How many samples to show.")
 def preview_command(dataset_name: str, model_name: str, template_name: str | None, data_files: tuple[str, ...],
                     split: str, max_length: int, length_policy: str, skip_bad_rows: bool, model_path: str | None,
                     image_folder: str | None, count: int) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,8 +30,9 @@ def default_output(cfg: TrainConfig) -> Path:
     return Path("runs") / cfg.run_name
 
 
-def resolve_resume(cfg: TrainConfig, resume: str | bool | None) -> tuple[Path, Path | None]:
-    """(run dir, checkpoint to resume from or None)."""
+def resolve_resume(cfg: TrainConfig, resume: str | bool | None,
+                   claim: Any = None) -> tuple[Path, Path | None]:
+    """(run dir, checkpoint to resume from or None); ``claim(run_dir)`` runs before checkpoints are read."""
     from xt.train.checkpoint import STATE_FILE, latest_checkpoint
 
     run_dir = Path(cfg.output) if cfg.output else default_output(cfg)
@@ -41,36 +41,17 @@ def resolve_resume(cfg: TrainConfig, resume: str | bool | None) -> tuple[Path, P
     if isinstance(resume, str):
         target = Path(resume)
         if (target / STATE_FILE).is_file():  # a checkpoint folder itself
+            if claim is not None:
+                claim(target.parent.parent)
             return target.parent.parent, target
         run_dir = target
+    if claim is not None:
+        claim(run_dir)
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:
         raise XtError(f"Nothing to resume in '{run_dir}': it has no complete checkpoint under checkpoints/; "
                       f"start a new run without --resume.")
     return run_dir, ckpt
-
-
-def prepare_run_dir(run_dir: Path, resuming: bool, overwrite: bool, create: bool = True) -> None:
-    """Create the run dir; refuse to mix runs unless --overwrite (only an xt run dir is ever deleted).
-
-    ``create=False`` only checks, so a refusal comes before the model and data load.
-    """
-    from xt.run import is_run_dir
-
-    if resuming:
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise XtError(f"Output folder '{run_dir}' already holds a run; pass --overwrite to replace it, "
-                          f"--resume to continue it, or --output NEW_DIR.")
-        if not is_run_dir(run_dir):
-            raise XtError(f"Output folder '{run_dir}' is not empty and not an xt run; refusing to delete it "
-                          f"with --overwrite. Choose another --output.")
-        if create:
-            shutil.rmtree(run_dir)
-    if not create:
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -138,10 +119,47 @@ def _real_tokens(batch: dict[str, Any]) -> int:
 
 
 def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool = False) -> Path:
-    """Train as ``cfg`` says; returns the run directory. Runs the same on 1 or N processes."""
+    """Train as ``cfg`` says; returns the run directory. Runs the same on 1 or N processes.
+
+    A run that stops on an exception or a signal is marked failed in ``run.json`` with the reason.
+    """
+    from xt.errors import first_line
+    from xt.run import mark_failed
     from xt.train.launch import use_per_env_extensions_dir
 
     use_per_env_extensions_dir()  # before DeepSpeed builds its comm op
+
+    held: list[Any] = []  # the run folder's lock, once taken (rank 0)
+    try:
+        return _train(cfg, resume, overwrite, held)
+    except BaseException as exc:
+        if held and cfg.output:
+            reason = f"interrupted {exc}".strip() if isinstance(exc, KeyboardInterrupt) else \
+                f"{type(exc).__name__}: {first_line(exc)}"
+            mark_failed(Path(cfg.output), reason)
+        raise
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def on_main(main: bool, action: Any) -> Any:
+    """Run ``action()`` on rank 0 and raise its XtError on every rank; returns rank 0's result (else None)."""
+    from xt.train.dist import broadcast_object
+
+    result, error = None, None
+    if main:
+        try:
+            result = action()
+        except XtError as exc:
+            error = str(exc)
+    error = broadcast_object(error)
+    if error:
+        raise XtError(error)
+    return result
+
+
+def _train(cfg: TrainConfig, resume: str | bool | None, overwrite: bool, held: list[Any]) -> Path:
     import deepspeed
     from tqdm.auto import tqdm
 
@@ -154,9 +172,9 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     from xt.model.saving import save_final
     from xt.model.setup import build_model, count_parameters
     from xt.plugins import get_registry
-    from xt.run import RunInfo
+    from xt.run import RunInfo, RunLock, check_new_run_dir, start_run_dir
     from xt.train.checkpoint import load_checkpoint, save_checkpoint
-    from xt.train.dist import all_reduce_sum, barrier, broadcast_object, init_distributed
+    from xt.train.dist import all_reduce_sum, barrier, init_distributed
     from xt.train.evaluation import (
         batch_loss_sum,
         heldout_prompts,
@@ -171,10 +189,15 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     # ---- processes, run directory, seeds
     dist = init_distributed()
     rank, world, device, main = dist.rank, dist.world_size, dist.device, dist.is_main
-    run_dir, resume_ckpt = resolve_resume(cfg, resume)
+    # a run being resumed is locked before its checkpoints are read: nothing else may touch it
+    def claim(folder: Path) -> None:
+        if folder.is_dir():  # else there is nothing to resume, which resolve_resume says
+            held.extend(filter(None, [on_main(main, lambda: RunLock(folder, "train --resume"))]))
+
+    run_dir, resume_ckpt = resolve_resume(cfg, resume, claim)
     cfg.output = str(run_dir)
-    if main:
-        prepare_run_dir(run_dir, resume_ckpt is not None, overwrite, create=False)
+    if resume_ckpt is None:
+        on_main(main, lambda: check_new_run_dir(run_dir, overwrite))
     seed_everything(cfg.seed)
 
     # ---- model, tokenizer, template, data
@@ -187,18 +210,6 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     train_rows, val_rows = build_data(cfg, dataset_spec, template, tokenizer, rank, world,
                                       attention_weight(model) if cfg.pack == "auto" else 0.0)
 
-    # ---- the run directory: written only once model and data loaded, so a bad name, an unreachable
-    # hub or a malformed file leaves nothing behind
-    error = None
-    if main:
-        try:
-            prepare_run_dir(run_dir, resume_ckpt is not None, overwrite)
-            cfg.save(run_dir / "config.yaml")
-        except XtError as exc:
-            error = str(exc)
-    error = broadcast_object(error)
-    if error:
-        raise XtError(error)
     collator_name = cfg.collator if cfg.collator != "default" else (model_spec.collator or "default")
     collate = make_collate(registry.get("collators", collator_name), tokenizer=tokenizer,
                            pad_token_id=safe_pad_id(tokenizer, model), attn_implementation=loaded.attn)
@@ -234,15 +245,25 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
         state = load_checkpoint(engine, resume_ckpt, rank=rank, exclude_frozen=exclude_frozen)
         sampler.load_state_dict(state["sampler"])
         start_step, history = int(state["step"]), state.get("metrics", {})
-    metrics = MetricsLog(run_dir, enabled=main, resume_step=start_step if resume_ckpt is not None else None,
-                         report_to=cfg.report_to, config=cfg.to_dict())
     info = RunInfo(model=cfg.model, model_source=loaded.source, template=template.name, method=cfg.method,
                    dataset=cfg.dataset, kind=model_spec.kind, adapter=loaded.adapter, xt_version=__version__,
                    model_args=dict(cfg.model_args),
                    extra={"total_steps": total_steps, "world_size": world})
     total_params, trainable_params = count_parameters(engine.module)
+
+    # ---- the run directory: written only once everything above is valid, so a bad name, file, collator
+    # or setting leaves nothing behind, and an --overwrite'n run is replaced only now
+    def write_run(folder: Path) -> None:
+        cfg.save(folder / "config.yaml")
+        info.save(folder)
+
+    if resume_ckpt is not None:
+        on_main(main, lambda: write_run(run_dir))
+    else:
+        held.extend(filter(None, [on_main(main, lambda: start_run_dir(run_dir, overwrite, write_run))]))
+    metrics = MetricsLog(run_dir, enabled=main, resume_step=start_step if resume_ckpt is not None else None,
+                         report_to=cfg.report_to, config=cfg.to_dict())
     if main:
-        info.save(run_dir)
         print(f"xt train: {cfg.model} on {cfg.dataset} ({template.name} template), {cfg.method}, {loaded.dtype}, "
               f"attn {loaded.attn}, ZeRO-{cfg.zero_stage}, {world} process(es); {trainable_params:,} of "
               f"{total_params:,} parameters trainable; {len(train_rows)} rows, {steps_per_epoch} steps/epoch, "
@@ -316,8 +337,8 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
             metrics.close()
             raise NonFiniteLossError(
                 f"The loss became {loss} at step {step}; training stopped and the bad state was not saved. "
-                f"The last good checkpoint is in {run_dir / 'checkpoints'}; lower lr or check the data, "
-                f"then --resume.")
+                f"The last good checkpoint is in {run_dir / 'checkpoints'}; check the data, or lower lr and "
+                f"start again with --overwrite (--resume keeps the run's settings).")
         local_norm = grad_l2_norm(engine.module) if engine.zero_optimization_stage() == 0 else None
         engine.step()
         elapsed = time.perf_counter() - started
