@@ -123,7 +123,7 @@ def load_chat_model(options: ChatOptions) -> ChatModel:
         model_dir = Path(source) if source and Path(source).is_dir() else None
 
     tokenizer = load_tokenizer_for(spec, source, prefer=adapter or model_dir, model_args=model_args)
-    template = template_for(template_name, (adapter, model_dir), spec)
+    template = template_for(template_name, (adapter, model_dir), spec).for_tokenizer(tokenizer)
     model = load_base(spec, source, dtype, **kwargs, **model_args)
     disable_bnb_avx512bf16(model)
     if adapter is not None:

@@ -84,6 +84,7 @@ def generate_from_ids(model: Any, tokenizer: Any, template: TemplateSpec, prompt
     import torch
     from transformers import GenerationConfig
 
+    template = template.for_tokenizer(tokenizer)
     stop_words = tuple(dict.fromkeys([*template.stop_words, *stop_words]))
     stop_ids = template.stop_token_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]

@@ -85,6 +85,7 @@ def load_conversations(dataset: DatasetSpec, options: DataOptions) -> list[dict[
 def build_dataset(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, options: DataOptions, *,
                   rank: int = 0, world_size: int = 1) -> ProcessedDataset:
     """Load, map, template, apply the length policy and pack; reuse the on-disk cache when it matches."""
+    template = template.for_tokenizer(tokenizer)
     plan = plan_sources(dataset, options.data_files)
     if not options.use_cache:
         return _build(dataset, template, tokenizer, options, plan)
