@@ -148,11 +148,20 @@ def _system_parts(tokenizer: Any, framing: _Framing, user_before: str) -> tuple[
                              "system message beyond adding the system text")
 
 
-def _user_header(tokenizer: Any, shared: str) -> str:
-    """The framing a user message starts with: ``shared`` (the text every user message follows) from its
-    first special token on; none when it has no special token (the text then ends the part before)."""
+def _user_and_system(tokenizer: Any, framing: _Framing, shared: str) -> tuple[str, tuple[str, str, str | None]]:
+    """The framing every user message starts with, and :func:`_system_parts` for it.
+
+    ``shared`` is the text every user message follows. Tried in order: ``shared`` from its first special
+    token on (``<|im_start|>user\\n``), none (the text ends the part before), all of ``shared``.
+    """
     spans = _special_spans(tokenizer, shared)
-    return shared[min(spans)[0]:] if spans else ""
+    candidates = dict.fromkeys([shared[min(spans)[0]:] if spans else "", "", shared])
+    for user_before in candidates:
+        try:
+            return user_before, _system_parts(tokenizer, framing, user_before)
+        except TemplateSplitError as exc:
+            error = exc
+    raise error
 
 
 def derive_template(tokenizer: Any, name: str = "auto") -> TemplateSpec:
@@ -178,8 +187,7 @@ def _derive(tokenizer: Any, name: str, model: str) -> TemplateSpec:
     shared = [framing.first_user, framing.first_user_system, between]
     suffix = _common_suffix(shared)
     cut = max(_safe_cut(tokenizer, t, len(t) - len(suffix)) - (len(t) - len(suffix)) for t in shared)
-    user_before = _user_header(tokenizer, suffix[cut:])
-    prefix, system, default_system = _system_parts(tokenizer, framing, user_before)
+    user_before, (prefix, system, default_system) = _user_and_system(tokenizer, framing, suffix[cut:])
     return TemplateSpec(
         name=name, description=f"Derived from the chat template of '{model}'.", prefix=prefix, system=system,
         user=user_before + "{content}" + framing.user_after, assistant="{content}", assistant_end=end,

@@ -171,7 +171,6 @@ def _family_templates(register: Any) -> None:
     """Hand-written templates of the most used chat families, equal to their tokenizers' own templates."""
     register(TemplateSpec(
         name="llama3",
-        aliases=("llama-3",),
         description="Llama-3 instruct: <|start_header_id|>role<|end_header_id|> headers, replies end with <|eot_id|>.",
         prefix=(BOS,),
         system="<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>",
