@@ -249,3 +249,64 @@ def test_hf_models_default_to_auto():
 
     registry = get_registry()
     assert choose_template(registry.resolve_model("hf"), None).name == "auto"
+
+
+def test_cli_frames_a_folder_model_with_its_own_chat_template(tmp_path):
+    """``xt data preview --model FOLDER``: the folder's chat template frames the data; a rewriter is refused."""
+    import json
+
+    from click.testing import CliRunner
+    from xt.cli import cli
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"messages": CONVERSATION[1:3]}) + "\n")
+    env = {"XT_CACHE_DIR": str(tmp_path / "cache")}
+    family_tokenizer("qwen2").save_pretrained(str(tmp_path / "qwen"))
+    res = CliRunner().invoke(cli, ["data", "preview", "--dataset", "conversation", "--model", str(tmp_path / "qwen"),
+                                   "--data-files", str(rows), "-n", "1"], env=env)
+    assert res.exit_code == 0, res.output
+    assert f"<|im_start|>system\n{QWEN2_DEFAULT}<|im_end|>\n<|im_start|>user\n" in res.output
+    assert "[[Paris.<|im_end|>]]" in res.output
+    family_tokenizer("qwen2", REWRITERS["upper-cases earlier turns"][0]).save_pretrained(str(tmp_path / "rewriter"))
+    res = CliRunner().invoke(cli, ["data", "preview", "--dataset", "conversation", "--model",
+                                   str(tmp_path / "rewriter"), "--data-files", str(rows)], env=env)
+    assert res.exit_code == 2
+    assert f"The chat template of '{tmp_path / 'rewriter'}' cannot be used as template 'auto'" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "rewriter" / "xt_template.json").exists()
+
+
+def test_training_a_folder_model_keeps_the_template_read_from_its_tokenizer(tmp_path):
+    """``xt train --model FOLDER`` (default ``auto``): the result keeps the derived template, and plain
+    ``apply_chat_template`` on the saved tokenizer gives the ids xt trains with."""
+    import json
+
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+    from xt.config import from_dict
+    from xt.export import template_for
+    from xt.model.saving import TEMPLATE_FILE
+    from xt.train.loop import train
+
+    try:
+        from .test_train_support import llama_config
+    except ImportError:
+        from test_train_support import llama_config
+
+    tokenizer = family_tokenizer("qwen2")
+    torch.manual_seed(0)
+    LlamaForCausalLM(llama_config(len(tokenizer), 16)).save_pretrained(str(tmp_path / "model"))
+    tokenizer.save_pretrained(str(tmp_path / "model"))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"{a}+{a}"},
+                                                     {"role": "assistant", "content": str(2 * a)}]}) + "\n"
+                            for a in range(8)))
+    run_dir = train(from_dict(dict(model=str(tmp_path / "model"), dataset="conversation", data_files=[str(rows)],
+                                   method="full", zero_stage=0, max_steps=2, micro_batch_size=2, max_length=64,
+                                   warmup_steps=0, save_steps=0, output=str(tmp_path / "run"),
+                                   data_cache_dir=str(tmp_path / "cache"))), overwrite=True)
+    final = run_dir / "final"
+    saved = json.loads((final / TEMPLATE_FILE).read_text())
+    assert saved["name"] == "auto" and saved["default_system"] == QWEN2_DEFAULT and saved["final_sep"] == "\n"
+    template = template_for("auto", (final,))
+    assert template.assistant_end == "<|im_end|>"
+    assert_matches_jinja(template, AutoTokenizer.from_pretrained(str(final)), CONVERSATION)
