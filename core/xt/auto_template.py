@@ -47,8 +47,15 @@ def _messages(turns: int, system: str | None, texts: tuple[tuple[str, str], ...]
     return messages
 
 
-def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool = False,
+            tokenize: bool = False) -> Any:
+    """``apply_chat_template`` on ``messages`` (text, or ids when ``tokenize``); a failure is a split error."""
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=tokenize, add_generation_prompt=generation_prompt,
+                                             return_dict=False)
+    except Exception as exc:  # the template's own raise_exception, or a Jinja error
+        what = "a system message" if messages[0]["role"] == "system" else "a plain conversation"
+        raise TemplateSplitError(f"fails to render {what} ({_first_line(exc)})") from exc
 
 
 def _split(text: str, sentinels: list[str]) -> list[str]:
@@ -114,10 +121,7 @@ class _Framing:
 def _framing(tokenizer: Any) -> _Framing:
     plain = _split(_render(tokenizer, _messages(2, None, tuple(zip(_USERS, _REPLIES)))),
                    [_USERS[0], _REPLIES[0], _USERS[1], _REPLIES[1]])
-    try:
-        with_system = _render(tokenizer, _messages(1, _SYSTEM, tuple(zip(_USERS, _REPLIES))))
-    except Exception as exc:
-        raise TemplateSplitError(f"rejects a system message ({_first_line(exc)})") from exc
+    with_system = _render(tokenizer, _messages(1, _SYSTEM, tuple(zip(_USERS, _REPLIES))))
     first_user_system = _split(with_system, [_USERS[0]])[0]
     if plain[1] != plain[3]:
         raise TemplateSplitError("frames the first and the second reply differently")
@@ -201,12 +205,11 @@ def _verify(spec: TemplateSpec, tokenizer: Any) -> None:
     for system in (None, _CHECK_SYSTEM):
         for turns in (1, 2, 3):
             messages = _messages(turns, system, _CHECK_TURNS)
-            expected = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
+            expected = _render(tokenizer, messages, tokenize=True)
             if compiled.encode({"messages": messages})["input_ids"] != list(expected):
                 raise TemplateSplitError(f"renders a {turns}-turn conversation differently from the framing read "
                                          f"from its first turns (it rewrites or drops earlier turns)")
-            prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True,
-                                                   return_dict=False)
+            prompt = _render(tokenizer, messages[:-1], generation_prompt=True, tokenize=True)
             if compiled.encode_prompt(messages[:-1]) != list(prompt):
                 raise TemplateSplitError("adds a generation prompt that differs from the framing of a reply")
 

@@ -228,12 +228,14 @@ def test_auto_refuses_templates_that_rewrite_earlier_turns(case):
     assert reason in message and "\n" not in message
 
 
-def test_auto_refuses_a_template_that_rejects_system_messages():
-    jinja = ("{% for message in messages %}{% if message['role'] == 'system' %}"
-             "{{ raise_exception('System role not supported') }}{% endif %}"
+@pytest.mark.parametrize("check, error, what", [
+    ("message['role'] == 'system'", "System role not supported", "a system message"),
+    ("loop.first and message['role'] != 'system'", "A system message comes first", "a plain conversation")])
+def test_auto_refuses_a_template_that_fails_to_render(check, error, what):
+    jinja = ("{% for message in messages %}{% if " + check + " %}{{ raise_exception('" + error + "') }}{% endif %}"
              "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endfor %}")
     tokenizer = family_tokenizer("qwen2", jinja)
-    with pytest.raises(XtError, match=r"'test/qwen2-chat' .* rejects a system message \(System role not supported\)"):
+    with pytest.raises(XtError, match=rf"^The chat template of 'test/qwen2-chat' .* fails to render {what} \({error}\);"):
         get_registry().get("templates", "auto").for_tokenizer(tokenizer)
 
 
