@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from xt import hookimpl, specs
+from xt.auto_template import AutoTemplateSpec
 from xt.specs import BOS, EOS, CollatorSpec, DatasetSpec, ExporterSpec, ModelSpec, RowError, TemplateSpec
 
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -124,6 +125,12 @@ def prompt_template(register: Any) -> None:
         turn_sep="\n",
         stop_words=("<|im_end|>",),
     ))
+    register(AutoTemplateSpec(
+        name="auto",
+        description="The model's own chat template (tokenizer.chat_template), read and verified by rendering; "
+                    "'default' for a tokenizer without one.",
+    ))
+    _family_templates(register)
     register(TemplateSpec(
         name="plain",
         description="No framing: prompt and reply concatenated, reply ends with EOS (completion-style data).",
@@ -133,6 +140,52 @@ def prompt_template(register: Any) -> None:
         assistant="{content}",
         assistant_end=(EOS,),
     ))
+
+
+#: Qwen2's and Qwen2.5's default system prompts (their chat templates add them when there is none).
+QWEN2_SYSTEM = "You are a helpful assistant."
+QWEN25_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+
+def _chatml(name: str, description: str, default_system: str | None, prefix: Any = ()) -> TemplateSpec:
+    """ChatML as Qwen2 and InternLM2 write it: every message ends with ``<|im_end|>\\n``."""
+    return TemplateSpec(
+        name=name, description=description, prefix=prefix,
+        system="<|im_start|>system\n{system}<|im_end|>\n",
+        user="<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n",
+        assistant="{content}", assistant_end="<|im_end|>", turn_sep="\n", final_sep="\n",
+        default_system=default_system, stop_words=("<|im_end|>",))
+
+
+def _family_templates(register: Any) -> None:
+    """Hand-written templates of the most used chat families, equal to their tokenizers' own templates."""
+    register(TemplateSpec(
+        name="llama3",
+        description="Llama-3 instruct: <|start_header_id|>role<|end_header_id|> headers, replies end with <|eot_id|>.",
+        prefix=(BOS,),
+        system="<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>",
+        user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>"
+             "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        assistant="{content}", assistant_end="<|eot_id|>", stop_words=("<|eot_id|>",)))
+    register(_chatml("qwen2", f"Qwen2 instruct: ChatML with the default system prompt {QWEN2_SYSTEM!r}.",
+                     QWEN2_SYSTEM))
+    register(_chatml("qwen2.5", f"Qwen2.5 instruct: ChatML with the default system prompt {QWEN25_SYSTEM!r}.",
+                     QWEN25_SYSTEM))
+    register(_chatml("internlm2", "InternLM2 chat: BOS, then ChatML; no default system prompt.", None, (BOS,)))
+    register(TemplateSpec(
+        name="mistral",
+        description="Mistral instruct: [INST] ... [/INST] reply EOS; a system prompt opens the first [INST] "
+                    "followed by a blank line.",
+        prefix=(BOS, "[INST] "), system="{system}\n\n", user="{content} [/INST]", assistant=" {content}",
+        assistant_end=(EOS,), turn_sep="[INST] "))
+    register(TemplateSpec(
+        name="gemma",
+        description="Gemma instruct: <start_of_turn>user/model turns ending with <end_of_turn>; a system prompt "
+                    "opens the first user turn followed by a blank line.",
+        prefix=(BOS, "<start_of_turn>user\n"), system="{system}\n\n",
+        user="{content}<end_of_turn>\n<start_of_turn>model\n", assistant="{content}",
+        assistant_end="<end_of_turn>", turn_sep="\n<start_of_turn>user\n", final_sep="\n",
+        stop_words=("<end_of_turn>",)))
 
 
 def _default_collator(**options: Any) -> Any:

@@ -127,7 +127,7 @@ def load_chat_model(options: ChatOptions) -> ChatModel:
         model_dir = Path(source) if source and Path(source).is_dir() else None
 
     tokenizer = load_tokenizer_for(spec, source, prefer=adapter or model_dir, model_args=model_args)
-    template = template_for(template_name, (adapter, model_dir), spec)
+    template = template_for(template_name, (adapter, model_dir), spec).for_tokenizer(tokenizer)
     if run_dir is not None and model_dir is not None:
         model = load_saved_model(spec, model_dir, dtype, **kwargs)  # a full run: refused without its weights
     else:

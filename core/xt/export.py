@@ -162,22 +162,26 @@ def load_tokenizer_for(spec: Any, source: str | None, prefer: str | os.PathLike 
 
 def template_for(name: str | None, folders: tuple[Any, ...] = (), spec: Any = None) -> Any:
     """A TemplateSpec: ``name`` from the registry, else ``xt_template.json`` in one of ``folders``,
-    else the model spec's default template, else ``default``."""
+    else the model spec's default template, else ``default``. For ``auto`` (named or the model's
+    default) a saved ``xt_template.json`` wins: it is the template the run read from the tokenizer."""
+    from xt.auto_template import AutoTemplateSpec
     from xt.plugins import get_registry
 
     registry = get_registry()
     if name:
         try:
-            return registry.get("templates", name)
+            registered = registry.get("templates", name)
         except XtError:
             saved = _saved_template(folders)
             if saved is not None and name in (saved.name, *saved.aliases):
                 return saved  # the plugin that registered it is gone; the run kept a copy
             raise
-    saved = _saved_template(folders)
+        if not isinstance(registered, AutoTemplateSpec):
+            return registered
+    saved = _saved_template(folders)  # 'auto' too: the run kept the template it read from the tokenizer
     if saved is not None:
         return saved
-    default = getattr(spec, "default_template", None) or "default"
+    default = name or getattr(spec, "default_template", None) or "default"
     return registry.get("templates", default)
 
 

@@ -86,6 +86,7 @@ def generate_from_ids(model: Any, tokenizer: Any, template: TemplateSpec, prompt
 
     from xt.model.loading import safe_pad_id
 
+    template = template.for_tokenizer(tokenizer)
     stop_words = tuple(dict.fromkeys([*template.stop_words, *stop_words]))
     stop_ids = template.stop_token_ids(tokenizer)
     pad_id = safe_pad_id(tokenizer, model)

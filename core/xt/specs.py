@@ -184,7 +184,8 @@ class TemplateSpec(Spec):
 
     A conversation renders as ``prefix``, then ``system`` (when there is a system message or a
     ``default_system``), then for each turn ``user`` (the prompt, no loss), ``assistant`` followed
-    by ``assistant_end`` (both carry loss) and ``turn_sep`` (no loss). Fixed framing before
+    by ``assistant_end`` (both carry loss) and ``turn_sep`` (no loss) between replies, ``final_sep`` (no
+    loss) after the last one. Fixed framing before
     ``{content}`` in ``assistant`` is prompt (no loss), except spaces that end the prompt framing (that
     framing, or ``user`` when there is none), which start the reply because tokenizers attach a
     space to the following word. ``{content}`` in ``user`` /
@@ -199,6 +200,7 @@ class TemplateSpec(Spec):
     system: Part = "{system}"
     prefix: Part = (BOS,)
     turn_sep: Part = ""
+    final_sep: Part = ""
     default_system: str | None = None
     stop_words: Sequence[str] = ()
 
@@ -211,6 +213,10 @@ class TemplateSpec(Spec):
         if "{system}" not in _text_of(self.system):
             out.append("system part must contain '{system}'")
         return out
+
+    def for_tokenizer(self, tokenizer: Any) -> TemplateSpec:
+        """The concrete template for ``tokenizer``: this one (``auto`` reads it from the tokenizer)."""
+        return self
 
     # The engine lives in xt.template (compiled once per tokenizer); these delegate so callers hold one object.
     def compile(self, tokenizer: Any) -> Any:

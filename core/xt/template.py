@@ -54,22 +54,24 @@ class ChatTemplate:
 
     Layout: ``prefix``, ``system`` (when there is a system text), then per turn ``user`` (prompt),
     and for a reply ``head`` (prompt), ``reply`` and ``end`` (both carry loss), ``turn_sep`` between
-    replies (prompt). A chat prompt ends after ``head``.
+    replies and ``final_sep`` after the last one (prompt). A chat prompt ends after ``head``.
     """
 
     def __init__(self, tokenizer: Any, *, prefix: Sequence[Piece] = (), system: Sequence[Piece] = (),
                  user: Sequence[Piece] = (), head: Sequence[Piece] = (), reply: Sequence[Piece] = (),
-                 end: Sequence[Piece] = (), turn_sep: Sequence[Piece] = (), default_system: str | None = None,
+                 end: Sequence[Piece] = (), turn_sep: Sequence[Piece] = (), final_sep: Sequence[Piece] = (),
+                 default_system: str | None = None,
                  stop_words: Sequence[str] = (), name: str = "") -> None:
         self.tokenizer = tokenizer
         self.name = name
         self.prefix, self.system, self.user = tuple(prefix), tuple(system), tuple(user)
         self.head, self.reply, self.end, self.turn_sep = tuple(head), tuple(reply), tuple(end), tuple(turn_sep)
+        self.final_sep = tuple(final_sep)
         self.default_system = default_system
         self.stop_words = tuple(stop_words)
         self._anchor = _continuation_anchor(tokenizer)
         self._entries = {name: _entries(getattr(self, name))
-                         for name in ("prefix", "system", "user", "head", "reply", "end", "turn_sep")}
+                         for name in ("prefix", "system", "user", "head", "reply", "end", "turn_sep", "final_sep")}
 
     # -- layout -------------------------------------------------------------------------------
 
@@ -100,6 +102,8 @@ class ChatTemplate:
                 _emit(items, sep, False, "")
         if generation_prompt:
             _emit(items, head, False, "")
+        else:
+            _emit(items, self._entries["final_sep"], False, "")
         return items
 
     def _encode_items(self, layouts: list[list[tuple[Any, bool]]]) -> tuple[list[list[tuple[Any, bool]]], list[list[int]]]:
@@ -237,6 +241,7 @@ class ChatTemplate:
             "{%- generation %}", self._jinja_expr(self.reply + self.end, content), "{%- endgeneration %}",
             "{%- if not loop.last %}", self._jinja_expr(self.turn_sep, ""), "{%- endif %}",
             "{%- endif %}{%- endfor %}",
+            "{%- if turns and turns[-1]['role'] != 'user' %}", self._jinja_expr(self.final_sep, ""), "{%- endif %}",
             "{%- if add_generation_prompt %}", self._jinja_expr(self.head, ""), "{%- endif %}",
         ])
 
@@ -374,7 +379,8 @@ def compile_template(template: TemplateSpec, tokenizer: Any) -> ChatTemplate:
         tokenizer, name=template.name, prefix=_compile_part(template.prefix, tokenizer, None),
         system=_compile_part(template.system, tokenizer, SYSTEM), user=user,
         head=head, reply=reply, end=_compile_part(template.assistant_end, tokenizer, None),
-        turn_sep=_compile_part(template.turn_sep, tokenizer, None), default_system=template.default_system,
+        turn_sep=_compile_part(template.turn_sep, tokenizer, None),
+        final_sep=_compile_part(template.final_sep, tokenizer, None), default_system=template.default_system,
         stop_words=template.stop_words)
     if len(_compiled) >= 16:
         _compiled.pop(next(iter(_compiled)))

@@ -248,7 +248,8 @@ def test_builtins_pass_the_conformance_kit_and_a_bad_template_fails_it():
     from xt.testing import PluginCheckError, check_plugin_object
 
     report = check_plugin_object(xt.builtins, "xt.builtins", distribution="xt-core", module="xt.builtins")
-    assert report.names("templates") == ["default", "chatml", "plain"]
+    assert report.names("templates") == ["default", "chatml", "auto", "llama3", "qwen2", "qwen2.5", "internlm2",
+                                         "mistral", "gemma", "plain"]
 
     class Broken:
         @hookimpl

@@ -81,7 +81,7 @@ def _tokenizer_fingerprint(tokenizer: Any) -> str:
 
 def template_fingerprint(template: Any) -> str:
     """The fields of a template that change token ids and labels."""
-    fields = ("prefix", "system", "user", "assistant", "assistant_end", "turn_sep", "default_system")
+    fields = ("prefix", "system", "user", "assistant", "assistant_end", "turn_sep", "final_sep", "default_system")
     return _sha(repr([(f, _plain(getattr(template, f))) for f in fields]))[:32]
 
 

@@ -56,11 +56,12 @@ class DataOptions:
 
 def choose_template(model_spec: ModelSpec | None, dataset_spec: DatasetSpec | None,
                     explicit: str | None = None) -> TemplateSpec:
-    """The template to use: the explicit name, else the model's default, else the dataset's, else ``default``."""
+    """The template to use: the explicit name, else the model's default, else the dataset's, else ``auto``
+    (the tokenizer's own chat template when it has one, else ``default``)."""
     from xt.plugins import get_registry
 
     name = explicit or (model_spec.default_template if model_spec else None) \
-        or (dataset_spec.default_template if dataset_spec else None) or "default"
+        or (dataset_spec.default_template if dataset_spec else None) or "auto"
     return get_registry().get("templates", name)
 
 
@@ -86,6 +87,7 @@ def load_conversations(dataset: DatasetSpec, options: DataOptions) -> list[dict[
 def build_dataset(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, options: DataOptions, *,
                   rank: int = 0, world_size: int = 1) -> ProcessedDataset:
     """Load, map, template, apply the length policy and pack; reuse the on-disk cache when it matches."""
+    template = template.for_tokenizer(tokenizer)
     plan = plan_sources(dataset, options.data_files)
     if not options.use_cache:
         return _build(dataset, template, tokenizer, options, plan)

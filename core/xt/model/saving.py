@@ -33,7 +33,7 @@ def template_to_json(template: TemplateSpec) -> dict[str, Any]:
         return value
 
     data = {k: encode(v) for k, v in asdict(template).items()}
-    for key in ("prefix", "system", "user", "assistant", "assistant_end", "turn_sep", "stop_words", "aliases"):
+    for key in ("prefix", "system", "user", "assistant", "assistant_end", "turn_sep", "final_sep", "stop_words", "aliases"):
         data[key] = encode(getattr(template, key))
     return data
 
@@ -57,6 +57,7 @@ def write_tokenizer_files(out: Path, tokenizer: Any, template: TemplateSpec, bas
     """Tokenizer (with chat template), generation_config.json and xt_template.json."""
     from transformers import GenerationConfig
 
+    template = template.for_tokenizer(tokenizer)
     try:
         tokenizer.chat_template = template.compile(tokenizer).jinja()
     except XtError as exc:  # e.g. literal ids that are not special tokens here: the result stays usable

@@ -127,6 +127,7 @@ def run_generation_eval(model: Any, tokenizer: Any, template: Any, *, prompts: S
     from xt.generation import decode_reply, generate_from_ids
 
     records: list[dict[str, Any]] = []
+    template = template.for_tokenizer(tokenizer)
     encoded = [template.encode_prompt([{"role": "user", "content": p}], tokenizer) for p in prompts]
     all_prompts = encoded + [p for p, _ in heldout]
     if not all_prompts:

@@ -207,6 +207,7 @@ def _train(cfg: TrainConfig, resume: str | bool | None, overwrite: bool, held: l
     template = choose_template(model_spec, dataset_spec, cfg.template)
     loaded = build_model(cfg, model_spec)
     model, tokenizer = loaded.model, loaded.tokenizer
+    template = template.for_tokenizer(tokenizer)  # 'auto' becomes the template read from the tokenizer
     train_rows, val_rows = build_data(cfg, dataset_spec, template, tokenizer, rank, world,
                                       attention_weight(model) if cfg.pack == "auto" else 0.0)
 
