@@ -1,9 +1,9 @@
 """Family templates and ``auto`` against each family's own Jinja chat template.
 
 Each family's chat template is written here from the family's documented prompt format and attached
-to a small tokenizer built in the test (GPT-2's byte-level BPE with the Llama-3 split pattern for Llama-3 /
-Qwen2 / InternLM2, the
-Llama-2 SentencePiece vocabulary for Mistral / Gemma) with the family's special tokens added. The
+to a small tokenizer built by conftest (a GPT-2-style byte-level BPE with the Llama-3 split pattern for
+Llama-3 / Qwen2 / InternLM2, a Llama-2-style SentencePiece model for Mistral / Gemma) with the
+family's special tokens added. The
 replies and their end token sit in ``{% generation %}`` blocks, so transformers'
 ``return_assistant_tokens_mask`` gives an independent loss mask. For the hand-written template of
 each family and for ``auto`` reading that Jinja template: on a conversation with a system prompt and
@@ -21,10 +21,6 @@ from xt.errors import XtError
 from xt.plugins import get_registry
 from xt.template import IGNORE_INDEX
 
-try:
-    from .test_data_support import shared_file
-except ImportError:
-    from test_data_support import shared_file
 
 LLAMA3 = (
     "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'assistant' %}"
@@ -100,6 +96,15 @@ CONVERSATION = [
 ]
 
 
+#: base vocabulary -> the tokenizer files conftest builds (GPT-2-style byte-level BPE, Llama-2-style SentencePiece)
+_BASES: dict[str, Any] = {}
+
+
+@pytest.fixture(autouse=True)
+def _base_vocabularies(bpe_tokenizer_file, sp_tokenizer_dir):
+    _BASES.update(gpt2=bpe_tokenizer_file, llama2=sp_tokenizer_dir)
+
+
 def family_tokenizer(family: str, chat_template: str | None = None) -> Any:
     """A small tokenizer with the family's special tokens and its Jinja chat template."""
     from tokenizers import Regex, pre_tokenizers
@@ -107,12 +112,12 @@ def family_tokenizer(family: str, chat_template: str | None = None) -> Any:
 
     base, bos, eos, specials, jinja = FAMILIES[family]
     if base == "gpt2":
-        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(shared_file("tokenizers", "gpt2", "tokenizer.json")))
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(_BASES["gpt2"]))
         tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     else:
-        tokenizer = LlamaTokenizerFast.from_pretrained(str(shared_file("tokenizers", "llama2")))
+        tokenizer = LlamaTokenizerFast.from_pretrained(str(_BASES["llama2"]))
     tokens = {"eos_token": eos, "additional_special_tokens": list(specials)}
     if bos:
         tokens["bos_token"] = bos
