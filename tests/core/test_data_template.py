@@ -84,5 +84,6 @@ def test_choose_template_order():
     assert choose_template(model, dataset, "default").name == "default"
     assert choose_template(model, dataset, None).name == "chatml"
     assert choose_template(plain_model, dataset, None).name == "plain"
-    assert choose_template(plain_model, DatasetSpec(name="e", map_row=dict), None).name == "default"
-    assert choose_template(None, None, None).name == "default"
+    # Neither names one: the tokenizer's own chat template (``auto``), which is ``default`` without one.
+    assert choose_template(plain_model, DatasetSpec(name="e", map_row=dict), None).name == "auto"
+    assert choose_template(None, None, None).for_tokenizer(object()).name == "default"

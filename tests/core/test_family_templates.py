@@ -21,7 +21,6 @@ from xt.errors import XtError
 from xt.plugins import get_registry
 from xt.template import IGNORE_INDEX
 
-
 LLAMA3 = (
     "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'assistant' %}"
     "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"

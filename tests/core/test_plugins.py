@@ -279,7 +279,8 @@ def test_a_datasets_default_template_applies_to_hub_ids_and_folders(tmp_path):
     dataset = reg.get("datasets", "chatml-data")
     for model in ("someorg/some-model", str(tmp_path)):
         assert choose_template(reg.resolve_model(model), dataset).name == "chatml"
-    assert choose_template(reg.resolve_model("someorg/some-model"), reg.get("datasets", "conversation")).name == "default"
+    # no default from model or dataset: the tokenizer's own chat template (``auto``)
+    assert choose_template(reg.resolve_model("someorg/some-model"), reg.get("datasets", "conversation")).name == "auto"
 
 
 @pytest.mark.parametrize(("fields", "problem"), [
