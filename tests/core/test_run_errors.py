@@ -15,7 +15,16 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_run_safety import DRIVER, TRAIN, assert_one_line_error, checksums, xt_run  # noqa: E402
+from test_run_safety import (  # noqa: E402
+    DRIVER,
+    TRAIN,
+    Payload,
+    _children,
+    _rank_of,
+    assert_one_line_error,
+    checksums,
+    xt_run,
+)
 from test_train_support import driver_env, llama_config, make_model_dir  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -120,16 +129,6 @@ def test_vision_encoders_are_not_trained_on_their_own(cli, method, needles):
     assert not out.exists()
 
 
-class Payload:
-    """Unpickling this calls ``open(marker, 'w')``: the file appears if the pickle is executed."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return open, (str(self.marker), "w")
-
-
 def test_chat_refuses_a_bin_pickle_that_fails_the_safe_load(cli):
     import torch
     from safetensors.torch import load_file
@@ -149,19 +148,6 @@ def test_chat_refuses_a_bin_pickle_that_fails_the_safe_load(cli):
                           "convert it to safetensors")
     assert "UnpicklingError" not in result.stderr
     assert not marker.exists() and checksums(model) == before
-
-
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.is_file() else []
-
-
-def _rank_of(pid: int) -> str | None:
-    try:
-        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    return next((v.split(b"=", 1)[1].decode() for v in env if v.startswith(b"RANK=")), None)
 
 
 def test_a_stopped_rank_ends_a_two_process_run_within_the_collective_timeout(cli):
