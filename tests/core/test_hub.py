@@ -162,8 +162,9 @@ def test_push_sends_every_file_in_one_commit(exported):
     lines = [json.loads(line) for line in commit["body"].decode().splitlines()]
     sent = {entry["value"]["path"]: base64.b64decode(entry["value"]["content"]) for entry in lines
             if entry["key"] == "file"}
-    local = {p.relative_to(exported["out"]).as_posix(): p.read_bytes() for p in exported["out"].rglob("*") if p.is_file()}
-    assert set(sent) == set(local)
+    local = {p.relative_to(exported["out"]).as_posix(): p.read_bytes() for p in exported["out"].rglob("*")
+             if p.is_file() and not p.name.startswith(".")}  # hidden files (the export marker) stay local
+    assert set(sent) == set(local) and (exported["out"] / ".xt-export").is_file()
     assert all(sent[name] == local[name] for name in local if name != "README.md")
     assert 'model_id = "me/tuned"' in sent["README.md"].decode()  # the card now names the repo
 
