@@ -81,6 +81,10 @@ def error_line(exc: BaseException) -> tuple[str, int]:
         return rank + str(exc), exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
         return f"{rank}interrupted {exc}".strip() + ".", 130
+    from xt.train.dist import timeout_message
+
+    if rank and (waited := timeout_message(exc)):
+        return rank + waited, 1
     return (f"{rank}{type(exc).__name__}: {first_line(exc)} (an unexpected error inside xt; rerun with --debug "
             f"for the traceback and report it).", 1)
 

@@ -55,10 +55,26 @@ def call_model_loader(spec: Any, source: str | None, model_args: dict[str, Any] 
     """``spec.load_model(source, model_args=..., **from_pretrained keywords)``, the one way the core loads
     a model; without a loader, the generic one (which takes ``model_args`` as config overrides). A plugin
     loader's exception reaches the user as one line naming the spec and its plugin."""
+    import pickle
+
     from xt.errors import plugin_call
 
     with plugin_call(spec, "load_model"):
-        return (spec.load_model or load_hf_causal_lm)(source, model_args=dict(model_args or {}), **kwargs)
+        try:
+            return (spec.load_model or load_hf_causal_lm)(source, model_args=dict(model_args or {}), **kwargs)
+        except pickle.UnpicklingError as exc:  # torch's weights-only load refused a .bin file
+            raise unsafe_pickle_error(source) from exc
+
+
+def unsafe_pickle_error(source: str | None) -> XtError:
+    """The sentence for a ``.bin`` weights file that the safe (``weights_only=True``) load refused."""
+    folder = os.path.expanduser(str(source)) if source is not None else ""
+    pickles = sorted(f for f in os.listdir(folder) if f.endswith(".bin")) if os.path.isdir(folder) else []
+    where = (f"'{os.path.join(folder, pickles[0])}'" if len(pickles) == 1 else
+             f"the .bin weights of '{source}'")
+    return XtError(f"Refused to load {where} as unsafe: it is a pickle holding more than tensors, which the safe "
+                   f"weights-only load does not admit because unpickling it could run code. Use a safetensors copy "
+                   f"of the model, or convert it to safetensors yourself if you trust its source.")
 
 
 def load_hf_causal_lm(source: str, model_args: dict[str, Any] | None = None, **kwargs: Any) -> Any:

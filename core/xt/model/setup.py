@@ -131,6 +131,7 @@ def enable_gradient_checkpointing(model: Any, peft: bool) -> None:
 
 def build_model(cfg: Any, spec: Any, tokenizer: Any = None) -> LoadedModel:
     """Load the model for ``cfg`` and make the right parameters trainable."""
+    check_trainable_kind(cfg, spec)
     source = cfg.model_path or spec.source
     dtype = resolve_dtype(cfg.dtype)
     attn = choose_attention(cfg.attn)
@@ -146,6 +147,42 @@ def build_model(cfg: Any, spec: Any, tokenizer: Any = None) -> LoadedModel:
         raise XtError("No parameter is trainable; check method, train_patterns and freeze_patterns.")
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, dtype=dtype, attn=attn,
                        adapter=cfg.method in ("lora", "qlora"))
+
+
+def check_trainable_kind(cfg: Any, spec: Any) -> None:
+    """A vision encoder is a part of a multimodal model; xt refuses to train (or quantize) one on its own."""
+    if spec.kind != "vision-encoder":
+        return
+    instead = (f"train a multimodal model built on it instead (e.g. --model llava --set model_args.llm=LLM "
+               f"--set model_args.vision_encoder={spec.name})")
+    if cfg.method == "qlora":
+        raise XtError(f"QLoRA of '{spec.name}' is refused: it is a vision encoder, and QLoRA quantizes a language "
+                      f"model; {instead} with --method qlora, which loads the LLM in 4 bit and the encoder in full "
+                      f"precision.")
+    raise XtError(f"'{spec.name}' is a vision encoder and is not trained on its own: xt trains causal LMs and "
+                  f"multimodal models; {instead}, and add --set freeze_patterns=[] if the encoder should learn too.")
+
+
+def check_token_ids(model: Any, *datasets: Any) -> None:
+    """Refuse data whose token ids reach past the model's embedding rows (a tokenizer of another model).
+
+    The ids checked are those the built samples hold, so a pad id equal to the row count (which
+    training never feeds, see ``safe_pad_id``) passes; negative ids are placeholders a collator replaces.
+    """
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(embeddings, "num_embeddings", None)
+    if rows is None:
+        return
+    for dataset in filter(None, datasets):
+        ids = getattr(getattr(dataset, "base", dataset), "input_ids", None)  # a RowSubset views its base
+        if ids is None or not len(ids):
+            continue
+        largest = int(ids.max())
+        if largest >= rows:
+            raise XtError(f"The data holds token id {largest}, but the model has only {rows} embedding rows "
+                          f"(ids 0-{rows - 1}): the tokenizer does not belong to this model. Use the model's own "
+                          f"tokenizer, or a model (--model-path / model_args) whose embeddings cover this "
+                          f"tokenizer's {largest + 1}+ ids (resize them when you build it).")
 
 
 def make_trainable(model: Any, cfg: Any, spec: Any, source: str | None, *, planning: bool = False) -> Any:

@@ -45,6 +45,29 @@ def collective_timeout() -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def use_timeout_in_new_groups(timeout: timedelta) -> None:
+    """Make the process groups created later (DeepSpeed's ZeRO groups) wait ``timeout`` too.
+
+    ``torch.distributed.new_group`` without a timeout takes torch's module default (30 minutes), not
+    the default group's, so a stopped rank would hang ZeRO's gradient reduction past the timeout.
+    """
+    from torch.distributed import distributed_c10d
+
+    distributed_c10d.default_pg_timeout = timeout
+    distributed_c10d.default_pg_nccl_timeout = timeout
+
+
+def timeout_message(exc: BaseException) -> str | None:
+    """The sentence for a collective that waited past the timeout (None for any other error)."""
+    text = str(exc)
+    if "Timed out" not in text and "timed out" not in text and "Timeout" not in type(exc).__name__:
+        return None
+    waited = os.environ.get(TIMEOUT_ENV, "1800")
+    return (f"no answer from the other processes within {TIMEOUT_ENV}={waited} s: a process stopped or hung (its "
+            f"own message, if any, is above), so this one stopped too. Resume from the last checkpoint with "
+            f"--resume; raise {TIMEOUT_ENV} if a step can legitimately wait longer.")
+
+
 def init_distributed() -> DistInfo:
     """Join (or, for a single process without a launcher, create) the default process group."""
     import deepspeed
@@ -68,8 +91,9 @@ def init_distributed() -> DistInfo:
         device = torch.device("cpu")
         backend = "gloo"
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
-                                   timeout=collective_timeout())
+        timeout = collective_timeout()
+        use_timeout_in_new_groups(timeout)
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, timeout=timeout)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 

@@ -210,6 +210,8 @@ def _train(cfg: TrainConfig, resume: str | bool | None, overwrite: bool, held: l
     template = template.for_tokenizer(tokenizer)  # 'auto' becomes the template read from the tokenizer
     train_rows, val_rows = build_data(cfg, dataset_spec, template, tokenizer, rank, world,
                                       attention_weight(model) if cfg.pack == "auto" else 0.0)
+    from xt.model.setup import check_token_ids  # ids past the embedding rows: refused before anything is written
+    check_token_ids(model, train_rows, val_rows)
 
     collator_name = cfg.collator if cfg.collator != "default" else (model_spec.collator or "default")
     collate = make_collate(registry.get("collators", collator_name), tokenizer=tokenizer,

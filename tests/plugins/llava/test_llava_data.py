@@ -102,10 +102,14 @@ def test_image_tokens_expand_to_the_encoder_grid(folder, dog, tmp_path):
 def test_bad_rows_fail_naming_the_row(folder, dog, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"this is not a jpeg")
+    truncated = tmp_path / "truncated.jpg"  # a whole header, a cut-off picture: only decoding finds it
+    whole = (folder / dog).read_bytes()
+    truncated.write_bytes(whole[:len(whole) // 2])
     cases = {
         "missing-1": (_row("missing-1", "000000999999.jpg"), "not found"),
         "twice-2": (_row("twice-2", dog, "<image> and <image> again"), "2 '<image>' placeholders for 1 image"),
         "broken-3": (_row("broken-3", str(broken)), "not a readable image"),
+        "truncated-4": (_row("truncated-4", str(truncated)), f"image '{truncated}' is not a readable image (OSError"),
     }
     for rid, (row, reason) in cases.items():
         with pytest.raises(XtError) as info:
@@ -113,7 +117,7 @@ def test_bad_rows_fail_naming_the_row(folder, dog, tmp_path):
         message = str(info.value)
         assert rid in message and reason in message and "1 of 2 rows" in message, message
     dataset = _build([_row("good", dog)] + [r for r, _ in cases.values()], folder, tmp_path, skip_bad_rows=True)
-    assert len(dataset) == 1 and dataset.stats["skipped"] == 3
+    assert len(dataset) == 1 and dataset.stats["skipped"] == 4
 
 
 def test_registered_dataset_takes_the_image_folder_from_the_run_context(folder, dog, monkeypatch):
