@@ -82,6 +82,7 @@ def load_chat_model(options: ChatOptions) -> ChatModel:
 
     from xt.export import (
         apply_adapter,
+        check_adapter_base,
         describe_run,
         load_base,
         load_saved_model,
@@ -119,6 +120,8 @@ def load_chat_model(options: ChatOptions) -> ChatModel:
             model_args = {}  # the saved folder is complete
     else:
         spec, source = resolve_base(options.target)
+        if adapter is not None:
+            check_adapter_base(options.target, adapter)
         template_name, kind = options.template, spec.kind
         model_args = {}
         model_dir = Path(source) if source and Path(source).is_dir() else None

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -153,9 +155,16 @@ DATA_OPTION_OF = {"data_files": "data_files", "max_length": "max_length", "pack"
 _HINTS = typing.get_type_hints(TrainConfig)
 
 
+# Names other trainers use for xt's keys: a near miss of one of them suggests the xt key.
+SYNONYMS = {"learning_rate": "lr", "num_train_epochs": "epochs", "output_dir": "output",
+            "per_device_train_batch_size": "micro_batch_size", "gradient_accumulation_steps": "grad_accum",
+            "max_seq_length": "max_length", "lora_rank": "lora_r"}
+
+
 def _suggest(key: str, known: list[str]) -> str:
-    near = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
-    return f" Did you mean '{near[0]}'?" if near else ""
+    aliases = {k: v for k, v in SYNONYMS.items() if v in known}
+    near = difflib.get_close_matches(key, [*known, *aliases], n=1, cutoff=0.5)
+    return f" Did you mean '{aliases.get(near[0], near[0])}'?" if near else ""
 
 
 def _type_name(tp: Any) -> str:
@@ -244,6 +253,9 @@ def _check_values(cfg: TrainConfig, where: str) -> None:
     def bad(msg: str) -> XtError:
         return XtError(f"{where}: {msg}")
 
+    for name, value in vars(cfg).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise bad(f"{name} must be a finite number, got {value}.")
     positive = ("micro_batch_size", "grad_accum", "max_length", "lora_r", "num_proc", "log_steps")
     for name in positive:
         if getattr(cfg, name) < 1:
@@ -298,7 +310,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise XtError(f"Config file '{path}' does not exist; pass a YAML file written by hand or a RUN/config.yaml.")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_unique_key_loader()) or {}
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise XtError(f"Config file '{path}' is not valid YAML at{where}: {exc.problem or exc.context}.") from exc
     except yaml.YAMLError as exc:
         raise XtError(f"Config file '{path}' is not valid YAML: {str(exc).splitlines()[0]}.") from exc
     if not isinstance(data, dict):
@@ -306,20 +322,59 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """``["lr=1e-4", "model_args.rope_theta=1e6"]`` -> a nested dict (values parsed as YAML scalars)."""
+def _unique_mapping(loader: Any, node: Any, deep: bool = False) -> dict[Any, Any]:
+    """A YAML mapping that refuses a key given twice, naming both lines."""
     import yaml
 
-    out: dict[str, Any] = {}
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key '{key}' is given twice (lines {seen[key]} and {line})", key_node.start_mark)
+        seen[key] = line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+def _unique_key_loader() -> type:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+    return Loader
+
+
+def parse_value(raw: str) -> Any:
+    """A ``--set`` value as YAML reads it: ``1e-4`` -> float, ``true`` -> bool, ``[a, b]`` -> list."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value.strip()):
+        return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+    return value
+
+
+def parse_key_values(pairs: list[str] | tuple[str, ...], option: str = "--set") -> list[tuple[str, Any]]:
+    """``["k=v", ...]`` -> ``[(key, parsed value), ...]``; every command's ``--set`` goes through here."""
+    out = []
     for pair in pairs:
-        if "=" not in pair:
-            raise XtError(f"--set expects key=value, got '{pair}'.")
-        key, raw = pair.split("=", 1)
-        key = key.strip()
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise XtError(f"{option} '{pair}' is not key=value; write e.g. {option} lr=1e-4.")
+        out.append((key.strip(), parse_value(raw)))
+    return out
+
+
+def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["lr=1e-4", "model_args.rope_theta=1e6"]`` -> a nested dict (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for key, value in parse_key_values(pairs):
         head, *rest = key.split(".")
         if head not in _HINTS:
             raise XtError(f"--set: unknown key '{head}'.{_suggest(head, FIELD_NAMES)}")
@@ -383,6 +438,9 @@ def resolve_config(config_file: str | Path | None = None, cli: dict[str, Any] | 
     defaults = stage_defaults(str(values.get("model", "")), stage if isinstance(stage, str) else None)
     values = deep_merge(defaults, values)  # the user's own keys win over the stage's defaults
     cfg = from_dict(values, where=str(config_file) if config_file else "config")
+    if cfg.model_path and not Path(cfg.model_path).expanduser().is_dir():
+        raise XtError(f"--model-path '{cfg.model_path}' is not a folder; pass the local folder holding the model's "
+                      f"weights, or drop it to use the model's own source.")
     if not cfg.model:
         raise XtError("No model given; pass --model NAME (see 'xt list models') or set 'model' in the config file.")
     if not cfg.dataset:

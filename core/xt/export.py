@@ -13,18 +13,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xt.errors import XtError
+from xt.errors import XtError, plugin_call
 
 MERGE_DTYPES = ("bf16", "fp16", "fp32")
 TEMPLATE_FILE = "xt_template.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+EXPORT_MARK = ".xt-export"  # in every folder xt export / xt merge wrote: --overwrite may replace it
 
 
 @dataclass
@@ -150,8 +150,9 @@ def load_tokenizer_for(spec: Any, source: str | None, prefer: str | os.PathLike 
 
     if prefer is not None and any((Path(prefer) / f).is_file() for f in TOKENIZER_FILES):
         try:
-            tokenizer = (spec.load_tokenizer or load_hf_tokenizer)(str(prefer))
-        except Exception:
+            with plugin_call(spec, "load_tokenizer"):
+                tokenizer = (spec.load_tokenizer or load_hf_tokenizer)(str(prefer))
+        except XtError:
             tokenizer = load_hf_tokenizer(str(prefer))
     else:
         return load_tokenizer(spec, source, model_args=model_args)
@@ -192,6 +193,31 @@ def _saved_template(folders: tuple[Any, ...]) -> Any:
     return None
 
 
+def _model_identity(name: str) -> str:
+    """A registered model's canonical name (aliases resolved), else the absolute folder, else the hub id."""
+    from xt.plugins import get_registry
+
+    registry = get_registry()
+    if name in registry.names("models"):
+        return registry.get("models", name).name
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
+
+
+def check_adapter_base(base: str, adapter_dir: str | os.PathLike) -> None:
+    """Refuse an adapter whose run (``run.json`` beside or above it) trained on another base model."""
+    from xt.run import is_run_dir, load_run
+
+    adapter_dir = Path(adapter_dir)
+    run_dir = next((d for d in (adapter_dir, adapter_dir.parent) if is_run_dir(d)), None)
+    if run_dir is None:
+        return
+    trained = load_run(run_dir).model
+    if _model_identity(trained) != _model_identity(base):
+        raise XtError(f"The adapter in '{adapter_dir}' was trained on '{trained}' (see {run_dir / 'run.json'}), not "
+                      f"'{base}'; pass '{trained}' as the base model.")
+
+
 def apply_adapter(base: Any, adapter_dir: str | os.PathLike, *, merge: bool) -> Any:
     """Wrap ``base`` with the PEFT adapter in ``adapter_dir``; merged into plain weights when ``merge``."""
     from peft import PeftModel
@@ -207,13 +233,26 @@ def apply_adapter(base: Any, adapter_dir: str | os.PathLike, *, merge: bool) -> 
     return model.merge_and_unload() if merge else model
 
 
-def check_output_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse a non-empty output folder unless ``overwrite``."""
+def check_output_dir(out_dir: str | os.PathLike, overwrite: bool, protect: tuple[Any, ...] = ()) -> Path:
+    """Refuse an output folder xt does not own.
+
+    Never the current folder, one above it, or a ``protect``ed folder (the run read from) or one above
+    it; a non-empty folder only with ``overwrite`` and only when it holds a previous xt export.
+    """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise XtError(f"Output path '{out}' is a file; choose a folder path for --out.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise XtError(f"Output folder '{out}' exists and is not empty; choose a new folder or pass --overwrite.")
+    target = out.resolve()
+    for kept in (Path.cwd(), *(Path(p) for p in protect if p is not None)):
+        kept = kept.resolve()
+        if target == kept or target in kept.parents:
+            raise XtError(f"--out '{out}' would replace '{kept}' (or a folder holding it); choose a new folder.")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise XtError(f"Output folder '{out}' exists and is not empty; choose a new folder or pass --overwrite.")
+        if not (out / EXPORT_MARK).is_file():
+            raise XtError(f"Output folder '{out}' is not empty and was not written by 'xt export' / 'xt merge'; "
+                          f"refusing to replace it even with --overwrite. Choose a new folder.")
     return out
 
 
@@ -223,21 +262,17 @@ def staged_output(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterat
 
     On any error the temporary folder is removed and ``out_dir`` is left as it was.
     """
+    from xt.files import make_sibling, swap_in
+
     out = check_output_dir(out_dir, overwrite).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = make_sibling(out, "tmp")
     try:
         yield tmp
+        (tmp / EXPORT_MARK).write_text(json.dumps({"written_by": "xt"}))
+        swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def save_merged(model: Any, tokenizer: Any, template: Any, out: Path, base_generation_config: Any = None) -> None:
@@ -274,7 +309,8 @@ def merge_adapter(base: str, adapter_dir: str | os.PathLike, out_dir: str | os.P
     if not is_adapter_dir(adapter):
         raise XtError(f"'{adapter}' is not a PEFT adapter folder (no adapter_config.json); pass the final/ "
                       f"folder of a LoRA run or a run directory.")
-    check_output_dir(out_dir, overwrite)
+    check_output_dir(out_dir, overwrite, protect=(adapter,))
+    check_adapter_base(base, adapter)
     spec, base_source = resolve_base(base, source)
     torch_dtype = torch_dtype_of(dtype)
     tmpl = template_for(template, (adapter,), spec)

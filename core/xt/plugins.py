@@ -146,8 +146,13 @@ def get_plugin_manager() -> pluggy.PluginManager:
     import importlib
 
     for modname in BUILTIN_PLUGINS:
+        if modname in block:
+            _infos[modname] = PluginInfo(name=modname, dist=CORE_DIST, version=_version(), status="disabled")
+            continue
         register_plugin(pm, importlib.import_module(modname), modname, CORE_DIST, _version())
-    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    entry_points = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+    _report_unknown_names(allow, block, entry_points)
+    for ep in entry_points:
         dist = ep.dist.name if ep.dist is not None else "unknown"
         version = ep.dist.version if ep.dist is not None else "?"
         if (allow is not None and ep.name not in allow and dist not in allow) or ep.name in block or dist in block:
@@ -201,6 +206,21 @@ def _import_file(path: Path) -> Any:
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _report_unknown_names(allow: set[str] | None, block: set[str], entry_points: list[Any]) -> None:
+    """Say so when XT_LOAD_PLUGINS / XT_DISABLE_PLUGINS name a plugin that is not installed."""
+    known = set(BUILTIN_PLUGINS)
+    for ep in entry_points:
+        known.add(ep.name)
+        if ep.dist is not None:
+            known.add(ep.dist.name)
+    for var, names in (("XT_LOAD_PLUGINS", allow or set()), ("XT_DISABLE_PLUGINS", block)):
+        for name in sorted(names - known):
+            near = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" Did you mean '{near[0]}'?" if near else ""
+            _report(f"{var} names '{name}', which is not an installed plugin (entry-point or distribution "
+                    f"name).{hint} Installed: {', '.join(sorted(known))}.")
 
 
 def plugin_infos() -> list[PluginInfo]:

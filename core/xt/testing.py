@@ -197,10 +197,10 @@ def _is_small_preset(spec: Any, config: Any) -> bool:
     """A preset built from a config (no files), small enough to build in a test."""
     if spec.source is not None or spec.load_model is None or config is None:
         return False
-    from xt.train.plan import count_from_config
+    from xt.train.plan import parameter_count
 
     try:
-        return count_from_config(config).total <= MAX_PRESET_PARAMETERS
+        return parameter_count(config) <= MAX_PRESET_PARAMETERS
     except Exception:
         return False
 

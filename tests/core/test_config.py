@@ -59,3 +59,42 @@ def test_stage_defaults_apply_below_user_keys():
     assert cfg.lr == 0.005 and cfg.max_steps == 7
     with pytest.raises(XtError, match="has no training stage 'warn'.*Did you mean 'warm'"):
         resolve_config(None, {"model": MODEL, "dataset": "d"}, ["stage=warn"])
+
+
+def test_duplicate_yaml_keys_and_syntax_errors_name_their_lines(tmp_path):
+    from xt.config import read_yaml
+
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("model: m\nlr: 1e-4\ndataset: d\nlr: 2e-4\n")
+    with pytest.raises(XtError, match=r"line 4, column 1: key 'lr' is given twice \(lines 2 and 4\)"):
+        read_yaml(dup)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: m\n  dataset: d\n")
+    with pytest.raises(XtError, match="line 2, column 10"):
+        read_yaml(bad)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("lr=nan", "lr must be a finite number, got nan"),
+    ("epochs=inf", "epochs must be a finite number, got inf"),
+    ("lerning_rate=1e-4", "unknown key 'lerning_rate'. Did you mean 'lr'?"),
+    ("num_train_epochs=2", "Did you mean 'epochs'?"),
+])
+def test_bad_values_and_near_miss_keys_are_one_sentence(override, message):
+    with pytest.raises(XtError) as caught:
+        resolve_config(None, {"model": "m", "dataset": "d"}, [override])
+    assert message in str(caught.value)
+
+
+def test_set_values_parse_as_yaml_scalars_everywhere():
+    from xt.config import parse_key_values
+
+    assert parse_key_values(["a=1e-4", "b=true", "c=3", "d=bf16", "e=[x, y]", "f="]) == [
+        ("a", 1e-4), ("b", True), ("c", 3), ("d", "bf16"), ("e", ["x", "y"]), ("f", "")]
+    with pytest.raises(XtError, match="is not key=value"):
+        parse_key_values(["novalue"])
+
+
+def test_model_path_must_be_a_folder(tmp_path):
+    with pytest.raises(XtError, match="is not a folder"):
+        resolve_config(None, {"model": "m", "dataset": "d", "model_path": str(tmp_path / "missing")})

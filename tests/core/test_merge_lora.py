@@ -93,9 +93,16 @@ def test_refuses_a_non_empty_out_and_keeps_it_intact(pair, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name != "taken"]  # no temp folder left behind
 
     result = CliRunner().invoke(cli, ["merge", str(pair["base"]), str(pair["lora"]), "--out", str(out),
-                                      "--overwrite", "--dtype", "bf16"])
-    assert result.exit_code == 0, result.output
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+                                      "--overwrite"])  # not an xt export: --overwrite does not own it
+    assert result.exit_code == 2 and "was not written by 'xt export' / 'xt merge'" in result.output
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+    out = tmp_path / "merged"
+    for dtype in ("fp32", "bf16"):  # the second replaces the first, a previous xt merge
+        result = CliRunner().invoke(cli, ["merge", str(pair["base"]), str(pair["lora"]), "--out", str(out),
+                                          "--overwrite", "--dtype", dtype])
+        assert result.exit_code == 0, result.output
+    assert (out / "model.safetensors").is_file()
     import torch
 
     assert next(load_base(out).parameters()).dtype == torch.float32  # loaded as fp32 from bf16 weights
@@ -106,6 +113,7 @@ def test_failed_merge_leaves_the_old_output(pair, tmp_path):
     out = tmp_path / "old"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
+    (out / ".xt-export").write_text("{}")  # an earlier xt export, which --overwrite may replace
     other = save_base(tmp_path / "other-base")
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -116,7 +124,7 @@ def test_failed_merge_leaves_the_old_output(pair, tmp_path):
     wrong.save_pretrained(str(other))  # a base whose shapes do not fit the adapter
     result = CliRunner().invoke(cli, ["merge", str(other), str(pair["lora"]), "--out", str(out), "--overwrite"])
     assert result.exit_code != 0
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".xt-export", "keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old", "other-base"]
 
 

@@ -308,3 +308,20 @@ def test_dataset_map_gets_the_run_context_only_when_it_asks():
     assert seen == [("plain", row), ("wants", "/img"), ("wants", None)]
     assert RunContext(image_folder="a").data_fingerprint() != RunContext(image_folder="b").data_fingerprint()
     assert RunContext(rank=1, run_dir="x").data_fingerprint() == RunContext().data_fingerprint()
+
+
+def test_unknown_plugin_names_are_reported_and_builtins_can_be_disabled(monkeypatch, capsys):
+    from xt.plugins import get_registry, plugin_infos, reset
+
+    monkeypatch.setenv("XT_DISABLE_PLUGINS", "xt.builtins,xt-alpacca")
+    reset()
+    registry = get_registry()
+    err = capsys.readouterr().err
+    assert "XT_DISABLE_PLUGINS names 'xt-alpacca'" in err and "Did you mean 'xt-alpaca'?" in err
+    assert "default" not in registry.names("collators")  # the core's collator came from xt.builtins
+    assert {i.name: i.status for i in plugin_infos()}["xt.builtins"] == "disabled"
+    monkeypatch.setenv("XT_LOAD_PLUGINS", "nothing-like-this")
+    monkeypatch.delenv("XT_DISABLE_PLUGINS")
+    reset()
+    get_registry()
+    assert "XT_LOAD_PLUGINS names 'nothing-like-this'" in capsys.readouterr().err

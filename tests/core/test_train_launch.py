@@ -16,7 +16,7 @@ def test_launch_options_are_stripped_before_relaunch():
 
 def test_nproc_goes_through_torchrun():
     cmd = launch_command(2, None, ["train", "--nproc", "2", "--model", "m"], script="xt")
-    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert cmd[:3] == [sys.executable, "-m", "xt.train.torchrun"]  # torchrun with a one-line failure
     assert cmd[cmd.index("--nproc-per-node") + 1] == "2"
     assert cmd[cmd.index("xt") + 1:] == ["train", "--model", "m"]
 
@@ -72,3 +72,42 @@ def test_deepspeed_builds_go_under_this_environment(monkeypatch):
         assert folder == os.environ["TORCH_EXTENSIONS_DIR"] == os.path.join(sys.prefix, ".cache", "torch_extensions")
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/elsewhere")
     assert use_per_env_extensions_dir() == "/elsewhere"  # the user's own setting wins
+
+
+def test_the_launcher_gets_our_signals_and_dies_with_us(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from xt.train.launch import forwarded_signals
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    child = subprocess.Popen(sleeper)
+    with forwarded_signals(child):
+        os.kill(os.getpid(), signal.SIGTERM)  # would end pytest if it were not forwarded
+        assert child.wait(timeout=30) == -signal.SIGTERM
+
+    pid_file = tmp_path / "grandchild.pid"
+    middle = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time; from xt.train.launch import die_with_parent; "
+        f"p = subprocess.Popen({sleeper!r}, preexec_fn=die_with_parent); "
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)")])
+    deadline = time.time() + 30
+    while not (pid_file.is_file() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    grandchild = int(pid_file.read_text())
+    middle.kill()  # SIGKILL: no handler runs, only the kernel's parent-death signal
+    middle.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            break
+        if open(f"/proc/{grandchild}/stat").read().split()[2] == "Z":  # ended, not yet reaped
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(grandchild, signal.SIGKILL)
+        pytest.fail("the launcher outlived xt")

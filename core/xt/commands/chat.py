@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
+from pathlib import Path
 
 import click
 
-from xt.errors import XtError
+from xt.errors import PluginError, describe_spec, plugin_call
+from xt.run import is_run_dir
 
 
 @click.command("chat")
@@ -60,21 +63,14 @@ def chat_command(target: str, adapter: str | None, template: str | None, system:
 def merge_command(base: str, adapter: str, out_dir: str, dtype: str, template: str | None, overwrite: bool,
                   trust_remote_code: bool) -> None:
     """Merge a LoRA / QLoRA ADAPTER into BASE (registered name, folder or hub id) as safetensors."""
-    from xt.export import merge_adapter
+    from xt.export import check_output_dir, merge_adapter
+    from xt.run import locked
 
-    path = merge_adapter(base, adapter, out_dir, dtype=dtype, overwrite=overwrite, template=template,
-                         trust_remote_code=trust_remote_code)
+    check_output_dir(out_dir, overwrite, protect=(adapter,))
+    with locked(adapter, "merge") if is_run_dir(adapter) else nullcontext():
+        path = merge_adapter(base, adapter, out_dir, dtype=dtype, overwrite=overwrite, template=template,
+                             trust_remote_code=trust_remote_code)
     click.echo(f"Merged model written to {path}")
-
-
-def _parse_sets(pairs: tuple[str, ...]) -> dict[str, str]:
-    options: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise XtError(f"--set '{pair}' is not key=value; write e.g. --set dtype=bf16.")
-        options[key.strip()] = value.strip()
-    return options
 
 
 @click.command("export")
@@ -85,11 +81,20 @@ def _parse_sets(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out folder.")
 def export_command(run_dir: str, target: str, out_dir: str, sets: tuple[str, ...], overwrite: bool) -> None:
     """Export a trained RUN with a registered exporter (hf, or one a plugin adds)."""
+    from xt.config import parse_key_values
+    from xt.export import check_output_dir
     from xt.plugins import get_registry
+    from xt.run import locked
 
     spec = get_registry().get("exporters", target)
-    options: dict[str, object] = dict(_parse_sets(sets))
+    options: dict[str, object] = dict(parse_key_values(sets))
     if overwrite:
         options["overwrite"] = True
-    result = spec.export(run_dir, out_dir, **options)
-    click.echo(f"Exported {run_dir} with '{spec.name}' to {result or out_dir}")
+    check_output_dir(out_dir, overwrite, protect=(run_dir,))
+    with locked(run_dir, "export") if is_run_dir(run_dir) else nullcontext(), plugin_call(spec, "export"):
+        result = spec.export(run_dir, out_dir, **options)
+    written = Path(result or out_dir)
+    if not written.exists():
+        raise PluginError(f"export of {describe_spec(spec)} returned without writing '{written}'; nothing was "
+                          f"exported.")
+    click.echo(f"Exported {run_dir} with '{spec.name}' to {written}")

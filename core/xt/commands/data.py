@@ -63,15 +63,15 @@ def _options(data_files: tuple[str, ...], split: str, max_length: int, length_po
 def _attention_weight(model_name: str) -> float:
     """The model's attention-pair cost (xt.data.layout) from its config on the meta device; 0 when unknown."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     from xt.data.layout import attention_weight
     from xt.plugins import get_registry
+    from xt.train.plan import meta_model
 
     spec = get_registry().resolve_model(model_name)
     try:
         with torch.device("meta"):
-            return attention_weight(AutoModelForCausalLM.from_config(spec.config()))
+            return attention_weight(meta_model(spec.config()))
     except Exception:  # no config callable, or an architecture transformers cannot build
         return 0.0
 
@@ -96,7 +96,7 @@ def highlight(tokenizer: Any, input_ids: list[int], labels: list[int], color: bo
 
 @data_group.command("preview")
 @_common
-@click.option("-n", "count", type=int, default=3, show_default=True, help="How many samples to show.")
+@click.option("-n", "count", type=click.IntRange(min=1), default=3, show_default=True, help="How many samples to show.")
 def preview_command(dataset_name: str, model_name: str, template_name: str | None, data_files: tuple[str, ...],
                     split: str, max_length: int, length_policy: str, skip_bad_rows: bool, model_path: str | None,
                     image_folder: str | None, count: int) -> None:

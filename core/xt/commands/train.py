@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from xt.errors import XtError
+
+if TYPE_CHECKING:
+    from xt.config import TrainConfig
 
 
 @click.command("train")
@@ -48,6 +53,8 @@ def train_command(config_file: str | None, config_opt: str | None, model: str | 
     """
     from xt.config import resolve_config
 
+    if nproc is not None and nproc < 1:
+        raise XtError(f"--nproc must be at least 1, got {nproc}.")
     if config_file and config_opt:
         raise XtError("Pass the config file either as an argument or with --config, not both.")
     config_path = config_file or config_opt
@@ -69,6 +76,8 @@ def train_command(config_file: str | None, config_opt: str | None, model: str | 
     if isinstance(resume_value, str) and not output:
         cfg.output = str(Path(resume_value)) if (Path(resume_value) / "config.yaml").is_file() \
             else str(Path(resume_value).parent.parent)
+    if resume_value is not None:
+        check_resume_settings(cfg)
 
     from xt.train.launch import already_launched, relaunch, use_per_env_extensions_dir
 
@@ -84,6 +93,30 @@ def train_command(config_file: str | None, config_opt: str | None, model: str | 
                           master_port=master_port))
     from xt.train.loop import train
 
-    run_dir = train(cfg, resume=resume_value, overwrite=overwrite)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a stopped run is marked failed in run.json
+    try:
+        run_dir = train(cfg, resume=resume_value, overwrite=overwrite)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(str(run_dir / "final"))
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"by {signal.Signals(signum).name}")
+
+
+def check_resume_settings(cfg: TrainConfig) -> None:
+    """--resume continues the run's own settings: refuse any other, by name, instead of ignoring it."""
+    from xt.config import from_dict, read_yaml
+
+    saved_file = Path(cfg.output or Path("runs") / cfg.run_name) / "config.yaml"
+    if not saved_file.is_file():
+        return
+    saved = from_dict(read_yaml(saved_file), where=str(saved_file)).to_dict()
+    changed = [f"{key} ({saved[key]!r} in the run, {value!r} now)" for key, value in cfg.to_dict().items()
+               if key != "output" and saved.get(key) != value]
+    if changed:
+        raise XtError(f"--resume continues the saved settings of '{saved_file.parent}', but these differ: "
+                      f"{'; '.join(changed)}. Drop the changes, or start a new run with them (--overwrite or "
+                      f"another --output).")

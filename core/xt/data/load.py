@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from xt.errors import XtError
+from xt.errors import XtError, plugin_call
 from xt.specs import DatasetSpec
 
 FILE_KINDS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv",
@@ -120,13 +120,8 @@ def plan_sources(dataset: DatasetSpec, data_files: Sequence[str] | None) -> Sour
 def load_rows(dataset: DatasetSpec, plan: SourcePlan, split: str = "train", seed: int = 0) -> list[RowSource]:
     """Read the rows of every source in the plan."""
     if plan.kind == "generated":
-        try:
+        with plugin_call(dataset, f"generate('{split}')"):
             rows = dataset.generate(split, seed)
-        except XtError:
-            raise
-        except Exception as exc:
-            raise XtError(f"Dataset '{dataset.name}' failed to generate its '{split}' rows: "
-                          f"{type(exc).__name__}: {exc}.") from exc
         return [RowSource(f"{dataset.name}:{split} (generated)", list(rows))]
     if plan.kind == "files":
         return [RowSource(path, read_file(path, split)) for path in plan.files]

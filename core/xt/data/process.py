@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from xt.errors import XtError
+from xt.errors import PluginError, XtError, describe_spec
 from xt.specs import DatasetSpec, RowError, RunContext, TemplateSpec, conversation_problems
 from xt.template import IGNORE_INDEX
 
@@ -66,8 +66,8 @@ def map_rows(dataset: DatasetSpec, rows: Sequence[Any], source: str, start: int 
             out.bad.append(BadRow(source, index, _reason(exc)))
             continue
         except Exception as exc:
-            raise XtError(f"The map of dataset '{dataset.name}' crashed on {source} row {index} with "
-                          f"{type(exc).__name__}: {exc}; this is a bug in the map (it should raise RowError).") from exc
+            raise PluginError(f"map_row of {describe_spec(dataset)} crashed on {source} row {index} with "
+                              f"{type(exc).__name__}: {exc}; this is a bug in the map (it should raise RowError).") from exc
         problems = conversation_problems(conv)
         if problems:
             out.bad.append(BadRow(source, index, "; ".join(problems)))

@@ -53,8 +53,12 @@ def _no_hub_hint(source: str, exc: Exception) -> XtError:
 
 def call_model_loader(spec: Any, source: str | None, model_args: dict[str, Any] | None = None, **kwargs: Any) -> Any:
     """``spec.load_model(source, model_args=..., **from_pretrained keywords)``, the one way the core loads
-    a model; without a loader, the generic one (which takes ``model_args`` as config overrides)."""
-    return (spec.load_model or load_hf_causal_lm)(source, model_args=dict(model_args or {}), **kwargs)
+    a model; without a loader, the generic one (which takes ``model_args`` as config overrides). A plugin
+    loader's exception reaches the user as one line naming the spec and its plugin."""
+    from xt.errors import plugin_call
+
+    with plugin_call(spec, "load_model"):
+        return (spec.load_model or load_hf_causal_lm)(source, model_args=dict(model_args or {}), **kwargs)
 
 
 def load_hf_causal_lm(source: str, model_args: dict[str, Any] | None = None, **kwargs: Any) -> Any:

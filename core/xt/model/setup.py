@@ -6,7 +6,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
-from xt.errors import XtError
+from xt.errors import XtError, plugin_call
 from xt.model.loading import (
     bitsandbytes_config,
     call_model_loader,
@@ -57,7 +57,8 @@ def load_tokenizer(spec: Any, source: str | None, trust_remote_code: bool = Fals
 
     if spec.load_tokenizer is not None:
         extra_args = dict(model_args or {}) if spec.tokenizer_model_args else {}
-        tokenizer = spec.load_tokenizer(source, **extra_args)
+        with plugin_call(spec, "load_tokenizer"):
+            tokenizer = spec.load_tokenizer(source, **extra_args)
     else:
         tokenizer = load_hf_tokenizer(source, trust_remote_code=trust_remote_code)
     ensure_pad_token(tokenizer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 
@@ -27,6 +28,21 @@ def free_port() -> int:
 
 
 SELF_LAUNCH_MARK = "XT_SINGLE_PROCESS_GROUP"
+TIMEOUT_ENV = "XT_COLLECTIVE_TIMEOUT"
+
+
+def collective_timeout() -> timedelta:
+    """How long a process waits for the others in a collective before failing (``XT_COLLECTIVE_TIMEOUT`` s)."""
+    from xt.errors import XtError
+
+    raw = os.environ.get(TIMEOUT_ENV, "1800")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise XtError(f"{TIMEOUT_ENV}={raw!r} is not a positive number of seconds.")
+    return timedelta(seconds=seconds)
 
 
 def init_distributed() -> DistInfo:
@@ -52,7 +68,8 @@ def init_distributed() -> DistInfo:
         device = torch.device("cpu")
         backend = "gloo"
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
+                                   timeout=collective_timeout())
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 

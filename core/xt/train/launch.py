@@ -7,11 +7,14 @@ its own node rank, and the processes meet at the master address.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from xt.errors import XtError
 
@@ -32,6 +35,7 @@ def use_per_env_extensions_dir() -> str | None:
         return None
     os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join(sys.prefix, ".cache", "torch_extensions")
     return os.environ["TORCH_EXTENSIONS_DIR"]
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def strip_launch_options(argv: Sequence[str]) -> list[str]:
@@ -75,7 +79,7 @@ def launch_command(nproc: int, hostfile: str | None, argv: Sequence[str], script
                 "--master_port", str(master_port or free_port()), script, *args]
     if node_rank is not None:
         raise XtError("--node-rank needs --hostfile (the hosts of the run, one 'host slots=N' line each).")
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--nnodes", "1",
+    return [sys.executable, "-m", "xt.train.torchrun", "--nproc-per-node", str(nproc), "--nnodes", "1",
             "--master-addr", "127.0.0.1", "--master-port", str(free_port()), script, *args]
 
 
@@ -111,7 +115,34 @@ def relaunch(nproc: int, hostfile: str | None, argv: Sequence[str] | None = None
     env[LAUNCHED_ENV] = "1"
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     print("xt train: launching " + " ".join(cmd), file=sys.stderr)
-    return subprocess.call(cmd, env=env)
+    launcher = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)
+    with forwarded_signals(launcher):
+        return launcher.wait()
+
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def forwarded_signals(child: subprocess.Popen) -> Iterator[None]:
+    """Pass Ctrl-C, SIGTERM and SIGHUP on to the launcher, which ends its workers."""
+    def forward(signum: int, frame: object) -> None:
+        child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def die_with_parent() -> None:
+    """In the launcher's process (Linux): receive SIGTERM when xt dies, even by SIGKILL, so no worker is left."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the forwarded signals still cover an orderly stop
+        pass
 
 
 def already_launched() -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -68,8 +67,9 @@ def default_output(cfg: TrainConfig) -> Path:
     return Path("runs") / cfg.run_name
 
 
-def resolve_resume(cfg: TrainConfig, resume: str | bool | None) -> tuple[Path, Path | None]:
-    """(run dir, checkpoint to resume from or None)."""
+def resolve_resume(cfg: TrainConfig, resume: str | bool | None,
+                   claim: Any = None) -> tuple[Path, Path | None]:
+    """(run dir, checkpoint to resume from or None); ``claim(run_dir)`` runs before checkpoints are read."""
     from xt.train.checkpoint import STATE_FILE, latest_checkpoint
 
     run_dir = Path(cfg.output) if cfg.output else default_output(cfg)
@@ -78,36 +78,17 @@ def resolve_resume(cfg: TrainConfig, resume: str | bool | None) -> tuple[Path, P
     if isinstance(resume, str):
         target = Path(resume)
         if (target / STATE_FILE).is_file():  # a checkpoint folder itself
+            if claim is not None:
+                claim(target.parent.parent)
             return target.parent.parent, target
         run_dir = target
+    if claim is not None:
+        claim(run_dir)
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:
         raise XtError(f"Nothing to resume in '{run_dir}': it has no complete checkpoint under checkpoints/; "
                       f"start a new run without --resume.")
     return run_dir, ckpt
-
-
-def prepare_run_dir(run_dir: Path, resuming: bool, overwrite: bool, create: bool = True) -> None:
-    """Create the run dir; refuse to mix runs unless --overwrite (only an xt run dir is ever deleted).
-
-    ``create=False`` only checks, so a refusal comes before the model and data load.
-    """
-    from xt.run import is_run_dir
-
-    if resuming:
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise XtError(f"Output folder '{run_dir}' already holds a run; pass --overwrite to replace it, "
-                          f"--resume to continue it, or --output NEW_DIR.")
-        if not is_run_dir(run_dir):
-            raise XtError(f"Output folder '{run_dir}' is not empty and not an xt run; refusing to delete it "
-                          f"with --overwrite. Choose another --output.")
-        if create:
-            shutil.rmtree(run_dir)
-    if not create:
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def on_main(main: bool, action: Any) -> Any:
@@ -217,19 +198,19 @@ def run_info(cfg: TrainConfig, model_spec: Any, template: Any, loaded: Any, tota
                    model_args=dict(cfg.model_args), extra={"total_steps": total_steps, "world_size": world})
 
 
-def setup(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool = False) -> Run:
-    """Everything before the first step, as a :class:`Run`.
+def setup(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool = False,
+          locks: list[Any] | None = None) -> Run:
+    """Everything before the first step, as a :class:`Run`; the run folder's lock goes into ``locks``.
 
-    The run folder is written only once model and data loaded, so a bad name, an unreachable hub or
-    a malformed file leaves nothing behind.
+    The run folder is written only once model, data, collator and engine are set up, in a hidden
+    sibling renamed into place (an ``--overwrite``n run is replaced only then), so a bad name, file
+    or setting leaves nothing behind and never costs the old run.
     """
-    from xt.train.launch import use_per_env_extensions_dir
-
-    use_per_env_extensions_dir()  # before DeepSpeed builds its comm op
     from xt.data.layout import attention_weight
     from xt.data.pipeline import choose_template
     from xt.model.setup import build_model
     from xt.plugins import get_registry
+    from xt.run import RunLock, check_new_run_dir, start_run_dir
     from xt.train.checkpoint import load_checkpoint
     from xt.train.dist import init_distributed
     from xt.train.evaluation import heldout_prompts
@@ -238,10 +219,16 @@ def setup(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     # ---- processes, run folder, seeds
     dist = init_distributed()
     rank, world, main = dist.rank, dist.world_size, dist.is_main
-    run_dir, resume_ckpt = resolve_resume(cfg, resume)
+    locks = [] if locks is None else locks
+
+    def claim(folder: Path) -> None:  # a run being resumed is locked before its checkpoints are read
+        if folder.is_dir():  # else there is nothing to resume, which resolve_resume says
+            locks.extend(filter(None, [on_main(main, lambda: RunLock(folder, "train --resume"))]))
+
+    run_dir, resume_ckpt = resolve_resume(cfg, resume, claim)
     cfg.output = str(run_dir)
-    if main:
-        prepare_run_dir(run_dir, resume_ckpt is not None, overwrite, create=False)
+    if resume_ckpt is None:
+        on_main(main, lambda: check_new_run_dir(run_dir, overwrite))
     seed_everything(cfg.seed)
 
     # ---- model, tokenizer, template, data
@@ -253,35 +240,38 @@ def setup(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     train_rows, val_rows = build_data(cfg, dataset_spec, template, loaded.tokenizer, rank, world,
                                       attention_weight(loaded.model) if cfg.pack == "auto" else 0.0)
 
-    def write_run_folder() -> None:
-        prepare_run_dir(run_dir, resume_ckpt is not None, overwrite)
-        cfg.save(run_dir / "config.yaml")
-
-    on_main(main, write_run_folder)
-
     # ---- batches, schedule, engine
     collate = build_collate(cfg, registry, model_spec, loaded)
     sampler = build_sampler(cfg, model_spec, train_rows, rank, world)
     steps_per_epoch, total_steps = count_steps(cfg, sampler, len(train_rows), world)
     engine, scheduler = build_engine(cfg, loaded, total_steps, world)
 
-    # ---- resume, metrics, run.json
+    # ---- resume
     start_step, history = 0, {}
     if resume_ckpt is not None:
         state = load_checkpoint(engine, resume_ckpt, rank=rank, exclude_frozen=loaded.adapter)
         sampler.load_state_dict(state["sampler"])
         start_step, history = int(state["step"]), state.get("metrics", {})
+    info = run_info(cfg, model_spec, template, loaded, total_steps, world)
+
+    # ---- the run folder, written only now that everything above is valid
+    def write_run(folder: Path) -> None:
+        cfg.save(folder / "config.yaml")
+        info.save(folder)
+
+    if resume_ckpt is not None:
+        on_main(main, lambda: write_run(run_dir))
+    else:
+        locks.extend(filter(None, [on_main(main, lambda: start_run_dir(run_dir, overwrite, write_run))]))
     metrics = MetricsLog(run_dir, enabled=main, resume_step=start_step if resume_ckpt is not None else None,
                          report_to=cfg.report_to, config=cfg.to_dict())
     run = Run(cfg=cfg, dist=dist, run_dir=run_dir, model_spec=model_spec, dataset_spec=dataset_spec,
               template=template, loaded=loaded, train_rows=train_rows, val_rows=val_rows, collate=collate,
               sampler=sampler, engine=engine, scheduler=scheduler, total_steps=total_steps, metrics=metrics,
-              info=run_info(cfg, model_spec, template, loaded, total_steps, world), start_step=start_step,
-              history=history)
+              info=info, start_step=start_step, history=history)
     if val_rows is not None and cfg.eval_samples:
         run.heldout = heldout_prompts(val_rows, cfg.eval_samples)
     if main:
-        run.info.save(run_dir)
         print_banner(run, steps_per_epoch)
     return run
 
@@ -301,8 +291,27 @@ def print_banner(run: Run, steps_per_epoch: int) -> None:
 
 
 def train(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool = False) -> Path:
-    """Train as ``cfg`` says; returns the run directory. Runs the same on 1 or N processes."""
-    return fit(setup(cfg, resume=resume, overwrite=overwrite))
+    """Train as ``cfg`` says; returns the run directory. Runs the same on 1 or N processes.
+
+    A run that stops on an exception or a signal is marked failed in ``run.json`` with the reason.
+    """
+    from xt.errors import first_line
+    from xt.run import mark_failed
+    from xt.train.launch import use_per_env_extensions_dir
+
+    use_per_env_extensions_dir()  # before DeepSpeed builds its comm op
+    locks: list[Any] = []  # the run folder's lock, once taken (rank 0)
+    try:
+        return fit(setup(cfg, resume=resume, overwrite=overwrite, locks=locks))
+    except BaseException as exc:
+        if locks and cfg.output:
+            reason = f"interrupted {exc}".strip() if isinstance(exc, KeyboardInterrupt) else \
+                f"{type(exc).__name__}: {first_line(exc)}"
+            mark_failed(Path(cfg.output), reason)
+        raise
+    finally:
+        for lock in locks:
+            lock.release()
 
 
 def fit(run: Run) -> Path:
@@ -385,8 +394,8 @@ def fail_non_finite(run: Run, step: int, loss: float) -> None:
     run.metrics.close()
     raise NonFiniteLossError(
         f"The loss became {loss} at step {step}; training stopped and the bad state was not saved. "
-        f"The last good checkpoint is in {run.run_dir / 'checkpoints'}; lower lr or check the data, "
-        f"then --resume.")
+        f"The last good checkpoint is in {run.run_dir / 'checkpoints'}; check the data, or lower lr and "
+        f"start again with --overwrite (--resume keeps the run's settings).")
 
 
 def grad_l2_norm(model: Any) -> float | None:

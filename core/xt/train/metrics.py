@@ -137,6 +137,15 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _step_of(line: str) -> int | None:
+    """The step of one metrics.jsonl line; None for a blank or partial line (a kill mid-write)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return int(record.get("step", 0)) if isinstance(record, dict) else None
+
+
 class MetricsLog:
     """Append-only JSONL plus the trackers of ``report_to`` (rank 0 only; other ranks get a no-op).
 
@@ -154,7 +163,7 @@ class MetricsLog:
         if resume_step is not None and self.path.exists():
             # records logged after the checkpoint by the interrupted run are replaced by the resumed ones
             kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+                    if _step_of(line) is not None and _step_of(line) <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()

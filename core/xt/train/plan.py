@@ -32,6 +32,27 @@ class ModelCount:
     extra_tokens: int = 0  # tokens a sample carries beyond max_length (image tokens of a multimodal model)
 
 
+def meta_model(config: Any) -> Any:
+    """The architecture of ``config`` built without memory or download (call under ``torch.device("meta")``)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    model_cls = getattr(config, "xt_model_class", None)
+    if model_cls is not None:
+        return model_cls(config)
+    try:
+        return AutoModelForCausalLM.from_config(config)
+    except ValueError:  # vision-language configs (LlavaConfig, ...) are not causal-LM configs
+        return AutoModelForImageTextToText.from_config(config)
+
+
+def parameter_count(config: Any) -> int:
+    """Parameters of the architecture of ``config``, counted on the meta device."""
+    import torch
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in meta_model(config).parameters())
+
+
 def count_for_run(config: Any, cfg: TrainConfig, spec: Any) -> ModelCount:
     """Build the architecture on the meta device, set it up for ``cfg`` exactly as a run does, and count.
 
@@ -39,19 +60,11 @@ def count_for_run(config: Any, cfg: TrainConfig, spec: Any) -> ModelCount:
     (:func:`xt.model.setup.make_trainable`: LoRA targets, ``modules_to_save``, stage patterns).
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     from xt.model.setup import count_parameters, make_trainable
 
     with torch.device("meta"):
-        model_cls = getattr(config, "xt_model_class", None)
-        if model_cls is not None:
-            model = model_cls(config)
-        else:
-            try:
-                model = AutoModelForCausalLM.from_config(config)
-            except ValueError:  # vision-language configs (LlavaConfig, ...) are not causal-LM configs
-                model = AutoModelForImageTextToText.from_config(config)
+        model = meta_model(config)
         total = sum(p.numel() for p in model.parameters())
         head = model.get_output_embeddings()
         quantizable = sum(m.weight.numel() for m in model.modules()

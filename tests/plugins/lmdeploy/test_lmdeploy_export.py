@@ -298,7 +298,9 @@ def test_unknown_option_and_non_empty_out(tmp_path):
                                       "--set", "backend=turbomind"])
     assert result.exit_code == 2 and "Unknown option(s) for exporter 'lmdeploy': backend" in result.output
     result = CliRunner().invoke(cli, ["export", str(llama), "--to", "lmdeploy", "--out", str(llama)])
-    assert result.exit_code == 2 and "--overwrite" in result.output
+    assert result.exit_code == 2 and "would replace" in result.output  # never the folder read from
+    result = CliRunner().invoke(cli, ["export", str(llama), "--to", "lmdeploy", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "would replace" in result.output  # nor one above it
 
 
 # --------------------------------------------------------------------------- chat backend, conformance
