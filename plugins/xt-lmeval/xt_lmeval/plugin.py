@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xt import hookimpl
+from xt.api import hookimpl
 
 
 @hookimpl
