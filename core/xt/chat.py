@@ -220,43 +220,26 @@ class StopWordStreamer:
         self.text = shown
 
 
-def _stopping_criteria(streamer: StopWordStreamer) -> Any:
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    class _StopOnWord(StoppingCriteria):
-        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            return torch.full((input_ids.shape[0],), streamer.stopped, dtype=torch.bool, device=input_ids.device)
-
-    return StoppingCriteriaList([_StopOnWord()])
-
-
 def generate_reply(chat_model: ChatModel, messages: list[dict[str, Any]], *, max_new_tokens: int = 256,
                    temperature: float = 0.0, top_p: float = 1.0,
                    on_text: Callable[[str], None] | None = None) -> Generation:
     """Answer the last user message, framed by the model's template; streams through ``on_text``.
 
-    Uses :func:`xt.generation.generate` (shared with eval during training) when present.
+    Uses :func:`xt.generation.generate`, the function eval during training uses.
     """
     if max_new_tokens < 1:
         raise XtError(f"--max-new-tokens must be at least 1, got {max_new_tokens}.")
     if temperature < 0 or not 0 < top_p <= 1:
         raise XtError("--temperature must be >= 0 and --top-p in (0, 1].")
+    from xt.generation import generate
+
     model, tokenizer, template = chat_model.model, chat_model.tokenizer, chat_model.template
     prompt_ids = template.encode_prompt(messages, tokenizer)
     stop_ids = template.stop_token_ids(tokenizer)
     streamer = StopWordStreamer(tokenizer, list(template.stop_words), on_text, len(prompt_ids))
-    try:
-        from xt.generation import generate as shared_generate  # the function eval during training uses
-    except ImportError:
-        shared_generate = None
-    if shared_generate is not None:
-        text = shared_generate(model, tokenizer, template, messages, max_new_tokens=max_new_tokens,
-                               temperature=temperature, top_p=top_p, streamer=streamer)
-        streamer.end_if_needed()
-    else:
-        text = _generate_locally(model, tokenizer, prompt_ids, stop_ids, streamer, max_new_tokens=max_new_tokens,
-                                 temperature=temperature, top_p=top_p)
+    text = generate(model, tokenizer, template, messages, max_new_tokens=max_new_tokens, temperature=temperature,
+                    top_p=top_p, streamer=streamer)
+    streamer.end_if_needed()
     new_ids = streamer.token_ids
     if new_ids and new_ids[-1] in stop_ids:
         reason = "eos"
@@ -265,27 +248,6 @@ def generate_reply(chat_model: ChatModel, messages: list[dict[str, Any]], *, max
     else:
         reason = "length"
     return Generation(text=text.strip(), new_tokens=len(new_ids), stop_reason=reason)
-
-
-def _generate_locally(model: Any, tokenizer: Any, prompt_ids: list[int], stop_ids: list[int],
-                      streamer: StopWordStreamer, *, max_new_tokens: int, temperature: float, top_p: float) -> str:
-    """Plain ``model.generate`` with the streamer stopping on stop words (when xt.generation is absent)."""
-    import torch
-
-    from xt.model.loading import safe_pad_id
-
-    device = next(model.parameters()).device
-    input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    pad_id = safe_pad_id(tokenizer, model)
-    gen_kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "eos_token_id": stop_ids, "pad_token_id": pad_id,
-                                  "streamer": streamer, "stopping_criteria": _stopping_criteria(streamer)}
-    if temperature > 0:
-        gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
-    else:
-        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    with torch.no_grad():
-        model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **gen_kwargs)
-    return streamer.text
 
 
 def hf_responder(options: ChatOptions, chat_model: ChatModel | None = None) -> Responder:

@@ -24,18 +24,14 @@ from xt.errors import XtError
 class TrainConfig:
     """All settings of a training run (see docs/training.md for each key)."""
 
-    # what to train
+    # ---- model: what to load and how to make it trainable
     model: str = ""
     model_path: str | None = None
     model_args: dict[str, Any] = field(default_factory=dict)
     trust_remote_code: bool = False
-    dataset: str = ""
-    data_files: list[str] = field(default_factory=list)
     template: str | None = None
     collator: str = "default"  # "default" uses the model spec's collator when it names one
     stage: str | None = None
-    image_folder: str | None = None  # where rows' images live (exported to plugins as $XT_IMAGE_FOLDER)
-    # method
     method: Literal["lora", "qlora", "full"] = "lora"
     load_in_8bit: bool = False
     lora_r: int = 8
@@ -48,18 +44,21 @@ class TrainConfig:
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     attn: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     gradient_checkpointing: bool = False
-    # data
+    # ---- data: the dataset and exactly what the data pipeline takes (see data_options)
+    dataset: str = ""
+    data_files: list[str] = field(default_factory=list)
+    image_folder: str | None = None  # where rows' images live (reaches plugins in their RunContext)
     max_length: int = 2048
     pack: bool | Literal["auto"] = True
     length_policy: Literal["truncate", "drop"] = "truncate"
-    group_by_length: bool = False
     skip_bad_rows: bool = False
     num_proc: int = 1
     data_cache_dir: str | None = None
     use_data_cache: bool = True
-    # optimisation
+    # ---- train: batches, optimizer, schedule, DeepSpeed, seed
     micro_batch_size: int = 1
     grad_accum: int = 1
+    group_by_length: bool = False
     epochs: float = 1.0
     max_steps: int | None = None
     lr: float = 2e-4
@@ -75,16 +74,17 @@ class TrainConfig:
     offload: Literal["none", "cpu"] = "none"
     deepspeed_config: str | None = None
     seed: int = 42
-    # checkpoints, eval, logging
-    output: str | None = None
-    save_steps: int = 500
-    save_total_limit: int = 2
+    # ---- eval: validation loss and generations during training
     eval_steps: int = 0
     eval_split: str | None = None
     val_ratio: float = 0.0
     eval_prompts: list[str] = field(default_factory=list)
     eval_samples: int = 0
     eval_max_new_tokens: int = 64
+    # ---- output: the run folder, checkpoints, logging
+    output: str | None = None
+    save_steps: int = 500
+    save_total_limit: int = 2
     log_steps: int = 1
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # tensorboard | wandb | mlflow
 
@@ -101,6 +101,27 @@ class TrainConfig:
         tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
         tmp.replace(path)
 
+    def section(self, name: str) -> dict[str, Any]:
+        """The keys of one section (``model``, ``data``, ``train``, ``eval``, ``output``) and their values."""
+        return {key: getattr(self, key) for key in SECTIONS[name]}
+
+    def data_options(self, split: str = "train", *, rank: int = 0, world_size: int = 1,
+                     attention_weight: float = 0.0) -> Any:
+        """The data pipeline's options for ``split``: the data section, plus the batch size and seed.
+
+        ``attention_weight`` (the model's attention cost, for ``pack: auto``) is known only once a
+        model is built, so the caller passes it.
+        """
+        from xt.data.pipeline import DataOptions
+        from xt.specs import RunContext
+
+        context = RunContext(image_folder=self.image_folder, model_args=dict(self.model_args), rank=rank,
+                             world_size=world_size, run_dir=self.output)
+        own = {option: getattr(self, key) for key, option in DATA_OPTION_OF.items()}
+        own["data_files"] = own["data_files"] or None
+        return DataOptions(split=split, micro_batch_size=self.micro_batch_size, seed=self.seed,
+                           attention_weight=attention_weight, context=context, **own)
+
     @property
     def run_name(self) -> str:
         model = Path(self.model.rstrip("/")).name or "model"
@@ -109,6 +130,28 @@ class TrainConfig:
 
 
 FIELD_NAMES = [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+#: the config's sections -> their keys, in the order of the class body (YAML and --set stay flat)
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "model": ("model", "model_path", "model_args", "trust_remote_code", "template", "collator", "stage", "method",
+             "load_in_8bit", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "modules_to_save",
+             "train_patterns", "freeze_patterns", "dtype", "attn", "gradient_checkpointing"),
+    "data": ("dataset", "data_files", "image_folder", "max_length", "pack", "length_policy", "skip_bad_rows",
+             "num_proc", "data_cache_dir", "use_data_cache"),
+    "train": ("micro_batch_size", "grad_accum", "group_by_length", "epochs", "max_steps", "lr", "weight_decay",
+             "warmup_ratio", "warmup_steps", "min_lr_ratio", "max_grad_norm", "adam_beta1", "adam_beta2",
+             "z_loss", "zero_stage", "offload", "deepspeed_config", "seed"),
+    "eval": ("eval_steps", "eval_split", "val_ratio", "eval_prompts", "eval_samples", "eval_max_new_tokens"),
+    "output": ("output", "save_steps", "save_total_limit", "log_steps", "report_to"),
+}
+
+#: data-section keys -> the ``DataOptions`` field each sets (``dataset`` names the spec itself and
+#: ``image_folder`` reaches plugins through the ``RunContext``)
+DATA_OPTION_OF = {"data_files": "data_files", "max_length": "max_length", "pack": "pack",
+                  "length_policy": "length_policy", "skip_bad_rows": "skip_bad_rows", "num_proc": "num_proc",
+                  "data_cache_dir": "cache_dir", "use_data_cache": "use_cache"}
+
 _HINTS = typing.get_type_hints(TrainConfig)
 
 

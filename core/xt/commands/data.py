@@ -51,13 +51,13 @@ def _resolve(dataset_name: str, model_name: str, template_name: str | None,
 
 
 def _options(data_files: tuple[str, ...], split: str, max_length: int, length_policy: str, skip_bad_rows: bool,
-             image_folder: str | None, **extra: Any) -> Any:
-    from xt.data.pipeline import DataOptions
-    from xt.specs import RunContext
+             image_folder: str | None, attention_weight: float = 0.0, **data_keys: Any) -> Any:
+    """The data options ``xt train`` would use with these settings (its defaults for the rest)."""
+    from xt.config import TrainConfig
 
-    return DataOptions(data_files=list(data_files) or None, split=split, max_length=max_length,
-                       length_policy=length_policy, skip_bad_rows=skip_bad_rows,
-                       context=RunContext(image_folder=image_folder), **extra)
+    cfg = TrainConfig(data_files=list(data_files), max_length=max_length, length_policy=length_policy,
+                      skip_bad_rows=skip_bad_rows, image_folder=image_folder, **data_keys)
+    return cfg.data_options(split, attention_weight=attention_weight)
 
 
 def _attention_weight(model_name: str) -> float:
@@ -152,7 +152,7 @@ def stats_command(dataset_name: str, model_name: str, template_name: str | None,
     options = _options(data_files, split, max_length, length_policy, skip_bad_rows, image_folder,
                        pack="auto" if auto_layout else pack, micro_batch_size=micro_batch_size,
                        attention_weight=_attention_weight(model_name) if auto_layout else 0.0,
-                       num_proc=num_proc, cache_dir=cache_dir, use_cache=not no_cache)
+                       num_proc=num_proc, data_cache_dir=cache_dir, use_data_cache=not no_cache)
     built = build_dataset(dataset, template, tokenizer, options)
     s = built.stats
     sample_lengths = np.diff(np.asarray(built.sample_offsets)).tolist()

@@ -4,13 +4,11 @@ See ``docs/data.md``. Nothing here imports torch at import time (only the collat
 """
 
 from xt.data.cache import tokenizer_fingerprint
-from xt.data.dataset import ProcessedDataset
 from xt.data.pipeline import DataOptions, build_dataset, choose_template, load_conversations
 from xt.data.sampler import ResumableBatchSampler
 
 __all__ = [
     "DataOptions",
-    "ProcessedDataset",
     "ResumableBatchSampler",
     "build_dataset",
     "choose_template",

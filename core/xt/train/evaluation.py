@@ -16,6 +16,7 @@ from typing import Any
 
 from xt.template import IGNORE_INDEX
 from xt.train.dist import all_reduce_sum
+from xt.train.loss import batch_loss_sum
 
 
 class RowSubset:
@@ -56,38 +57,6 @@ def heldout_prompts(dataset: Any, count: int) -> list[tuple[list[int], list[int]
             if len(out) >= count:
                 return out
     return out
-
-
-def batch_loss_sum(model: Any, batch: dict[str, Any], device: Any, z_loss: float = 0.0) -> tuple[Any, int]:
-    """Sum of token losses of a batch (labels are shifted here) and the number of label tokens."""
-    import torch
-    import torch.nn.functional as F
-
-    inputs = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()
-              if k != "labels" and (torch.is_tensor(v) or k in model_input_keys(batch))}
-    output = model(**inputs, use_cache=False)
-    logits = output.logits
-    labels = getattr(output, "labels", None)
-    if labels is None:
-        labels = batch["labels"]
-    labels = labels.to(logits.device)[:, 1:]
-    logits = logits[:, :-1].float()
-    mask = labels != IGNORE_INDEX
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX,
-                           reduction="sum")
-    if z_loss:
-        lse = torch.logsumexp(logits[mask], dim=-1)
-        loss = loss + z_loss * (lse ** 2).sum()
-    return loss, int(mask.sum())
-
-
-def model_input_keys(batch: dict[str, Any]) -> set[str]:
-    """Non-tensor batch entries a model still takes (e.g. lists of images for multimodal models)."""
-    return {"images", "pixel_values", "image_sizes"} & set(batch)
-
-
-def label_tokens(batch: dict[str, Any]) -> int:
-    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
 def validation_loss(model: Any, dataset: Any, collate: Any, batch_size: int, device: Any, rank: int,

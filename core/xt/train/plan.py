@@ -131,11 +131,10 @@ def dataset_summary(cfg: TrainConfig, world: int) -> str:
 
 def _dataset_summary(cfg: TrainConfig, world: int) -> str:
     try:
-        from xt.data import DataOptions, build_dataset
+        from xt.data import build_dataset
         from xt.data.pipeline import choose_template
         from xt.model.setup import load_tokenizer
         from xt.plugins import get_registry
-        from xt.specs import RunContext
 
         registry = get_registry()
         model_spec = registry.resolve_model(cfg.model)
@@ -148,11 +147,7 @@ def _dataset_summary(cfg: TrainConfig, world: int) -> str:
             return (f"not counted: the tokenizer of '{cfg.model}' is not available offline ({first}); pass "
                     f"--model-path with a local copy to plan the data too")
         template = choose_template(model_spec, dataset_spec, cfg.template)
-        context = RunContext(image_folder=cfg.image_folder, model_args=dict(cfg.model_args), world_size=world)
-        options = DataOptions(data_files=cfg.data_files or None, max_length=cfg.max_length,
-                              length_policy=cfg.length_policy, pack=cfg.pack, skip_bad_rows=cfg.skip_bad_rows,
-                              num_proc=cfg.num_proc, cache_dir=cfg.data_cache_dir, use_cache=cfg.use_data_cache,
-                              seed=cfg.seed, micro_batch_size=cfg.micro_batch_size, context=context)
+        options = cfg.data_options(world_size=world)
         data = build_dataset(dataset_spec, template, tokenizer, options)
     except XtError as exc:
         return f"dataset not available offline ({exc})"
