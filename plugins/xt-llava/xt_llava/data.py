@@ -46,16 +46,20 @@ def image_problem(source: Any) -> str | None:
     """None when ``source`` (a path or a binary file) decodes as a whole image, else why not.
 
     JPEGs are decoded in draft mode (at 1/8 scale, reading every byte), so a truncated or corrupt file
-    is found when rows are checked, at a fraction of a full decode.
+    is found when rows are checked, at a fraction of a full decode. PIL's global permission to load
+    truncated files (lmdeploy grants it on import) is withheld meanwhile.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageFile, UnidentifiedImageError
 
+    allowed, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
         with Image.open(source) as img:
             img.draft("RGB", (1, 1))  # JPEG only; other formats decode in full
             img.load()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         return f"{type(exc).__name__}: {exc}"
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = allowed
     return None
 
 

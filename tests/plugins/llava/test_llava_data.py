@@ -99,7 +99,10 @@ def test_image_tokens_expand_to_the_encoder_grid(folder, dog, tmp_path):
     assert torch.isfinite(out.loss)
 
 
-def test_bad_rows_fail_naming_the_row(folder, dog, tmp_path):
+def test_bad_rows_fail_naming_the_row(folder, dog, tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # as after importing lmdeploy
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"this is not a jpeg")
     truncated = tmp_path / "truncated.jpg"  # a whole header, a cut-off picture: only decoding finds it
@@ -118,6 +121,7 @@ def test_bad_rows_fail_naming_the_row(folder, dog, tmp_path):
         assert rid in message and reason in message and "1 of 2 rows" in message, message
     dataset = _build([_row("good", dog)] + [r for r, _ in cases.values()], folder, tmp_path, skip_bad_rows=True)
     assert len(dataset) == 1 and dataset.stats["skipped"] == 4
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the permission is given back after the checks
 
 
 def test_registered_dataset_takes_the_image_folder_from_the_run_context(folder, dog, monkeypatch):
