@@ -20,14 +20,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import ROOT, make_model, spread, train_values, xt_layout  # noqa: E402
+from train import ROOT, make_model, measure, spread, train_values, xt_layout  # noqa: E402
 
 RUNS = ("xt-packed", "trl-packed", "xt-padded", "trl-padded")
 PAIRS = [("xt-packed", "trl-packed"), ("xt-padded", "trl-padded")]
@@ -96,16 +95,6 @@ def run_one(work: Path, name: str, steps: int, warmup: int) -> None:
     print("XT-BENCH " + json.dumps({"run": name, "tokens": tokens, "cpu_s": cpu, "loss": loss}))
 
 
-def measure(work: Path, name: str, steps: int, warmup: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
-    done = subprocess.run([sys.executable, __file__, "--child", name, "--work", str(work), "--steps", str(steps),
-                           "--warmup", str(warmup)], env=env, capture_output=True, text=True)
-    lines = [x for x in done.stdout.splitlines() if x.startswith("XT-BENCH ")]
-    if done.returncode != 0 or not lines:
-        sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1][len("XT-BENCH "):])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=16)
@@ -135,7 +124,7 @@ def main() -> None:
         (work / "data.json").write_text(data_file.read_text())
         for _ in range(args.rounds):
             for name in RUNS:
-                result = measure(work, name, args.steps, args.warmup)
+                result = measure(work, name, args.steps, args.warmup, script=__file__)
                 speeds[name].append(result["tokens"] / result["cpu_s"])
                 losses[name].append(result["loss"])
     for name in RUNS:

@@ -156,13 +156,14 @@ def run_one(work: Path, layout: str, steps: int, warmup: int) -> None:
     print("XT-BENCH " + json.dumps({"layout": layout, "tokens": tokens, "cpu_s": cpu, "choice": choice}))
 
 
-def measure(work: Path, layout: str, steps: int, warmup: int) -> dict:
+def measure(work: Path, layout: str, steps: int, warmup: int, script: str = __file__) -> dict:
+    """Run ``script --child LAYOUT`` in a fresh single-threaded process and return its JSON line."""
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
-    done = subprocess.run([sys.executable, __file__, "--child", layout, "--work", str(work), "--steps", str(steps),
+    done = subprocess.run([sys.executable, script, "--child", layout, "--work", str(work), "--steps", str(steps),
                            "--warmup", str(warmup)], env=env, capture_output=True, text=True)
     lines = [x for x in done.stdout.splitlines() if x.startswith("XT-BENCH ")]
     if done.returncode != 0 or not lines:
-        sys.exit(f"layout {layout} failed:\n{done.stderr[-3000:]}")
+        sys.exit(f"{layout} failed:\n{done.stderr[-3000:]}")
     return json.loads(lines[-1][len("XT-BENCH "):])
 
 

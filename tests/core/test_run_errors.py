@@ -19,10 +19,9 @@ from test_run_safety import (  # noqa: E402
     DRIVER,
     TRAIN,
     Payload,
-    _children,
-    _rank_of,
     assert_one_line_error,
     checksums,
+    signal_rank_one,
     xt_run,
 )
 from test_train_support import driver_env, llama_config, make_model_dir  # noqa: E402
@@ -151,39 +150,13 @@ def test_chat_refuses_a_bin_pickle_that_fails_the_safe_load(cli):
 
 
 def test_a_stopped_rank_ends_a_two_process_run_within_the_collective_timeout(cli):
-    import os
     import signal
-    import subprocess
-    import time
-    from contextlib import suppress
 
     folder, xt, env = cli
-    out = folder / "stopped"
-    log_path = folder / "stopped.log"
-    with log_path.open("w") as log:
-        launcher = subprocess.Popen([*xt, *TRAIN, "--nproc", "2", "--set", "max_steps=100000", "--set", "save_steps=0",
-                                     "--set", "save_total_limit=0", "--output", str(out)],
-                                    env={**env, "XT_COLLECTIVE_TIMEOUT": "15"}, stdout=subprocess.DEVNULL, stderr=log)
-        rank1 = None
-        try:
-            deadline = time.time() + 300
-            while not (out / "metrics.jsonl").is_file() and launcher.poll() is None and time.time() < deadline:
-                time.sleep(0.2)
-            assert launcher.poll() is None, log_path.read_text()[-3000:]
-            workers = [p for c in _children(launcher.pid) for p in _children(c)]
-            rank1 = next(p for p in workers if _rank_of(p) == "1")
-            os.kill(rank1, signal.SIGSTOP)
-            stopped_at = time.time()
-            launcher.wait(timeout=180)
-            took = time.time() - stopped_at
-        finally:
-            if launcher.poll() is None:
-                launcher.kill()
-            if rank1 is not None:
-                with suppress(ProcessLookupError):
-                    os.kill(rank1, signal.SIGKILL)
+    out, log_path = folder / "stopped", folder / "stopped.log"
+    returncode, took = signal_rank_one(xt, env, out, log_path, signal.SIGSTOP, collective_timeout=15)
     stderr = log_path.read_text()
-    assert launcher.returncode != 0 and took < 90, (took, stderr[-3000:])
+    assert returncode != 0 and took < 90, (took, stderr[-3000:])
     assert "Traceback" not in stderr, stderr[-3000:]
     assert "[rank 0] no answer from the other processes within XT_COLLECTIVE_TIMEOUT=15 s" in stderr, stderr[-3000:]
     assert "process rank 0 stopped first" in stderr, stderr[-3000:]

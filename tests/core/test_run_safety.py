@@ -321,14 +321,18 @@ def _rank_of(pid: int) -> str | None:
     return next((v.split(b"=", 1)[1].decode() for v in env if v.startswith(b"RANK=")), None)
 
 
-def test_a_killed_rank_ends_a_two_process_run_with_one_line(work):
-    folder, xt, env, _ = work
-    out = folder / "two"
-    log_path = folder / "two.log"
+def signal_rank_one(xt: list[str], env: dict[str, str], out: Path, log_path: Path, sig: int,
+                    collective_timeout: int) -> tuple[int, float]:
+    """Start a two-process run into ``out`` (stderr to ``log_path``), send ``sig`` to rank 1 once it trains,
+    and wait for the launcher: (its exit code, seconds from the signal to its end). Nothing is left running."""
+    from contextlib import suppress
+
     with log_path.open("w") as log:
         launcher = subprocess.Popen([*xt, *TRAIN, "--nproc", "2", "--set", "max_steps=100000", "--set", "save_steps=0",
                                      "--set", "save_total_limit=0", "--output", str(out)],
-                                    env={**env, "XT_COLLECTIVE_TIMEOUT": "60"}, stdout=subprocess.DEVNULL, stderr=log)
+                                    env={**env, "XT_COLLECTIVE_TIMEOUT": str(collective_timeout)},
+                                    stdout=subprocess.DEVNULL, stderr=log)
+        rank1 = None
         try:
             deadline = time.time() + 300
             while not (out / "metrics.jsonl").is_file() and launcher.poll() is None and time.time() < deadline:
@@ -336,13 +340,24 @@ def test_a_killed_rank_ends_a_two_process_run_with_one_line(work):
             assert launcher.poll() is None, log_path.read_text()[-3000:]
             workers = [p for c in _children(launcher.pid) for p in _children(c)]
             rank1 = next(p for p in workers if _rank_of(p) == "1")
-            os.kill(rank1, signal.SIGKILL)
+            os.kill(rank1, sig)
+            signalled = time.time()
             launcher.wait(timeout=180)
+            return launcher.returncode, time.time() - signalled
         finally:
             if launcher.poll() is None:
                 launcher.kill()
+            if rank1 is not None:
+                with suppress(ProcessLookupError):
+                    os.kill(rank1, signal.SIGKILL)
+
+
+def test_a_killed_rank_ends_a_two_process_run_with_one_line(work):
+    folder, xt, env, _ = work
+    out, log_path = folder / "two", folder / "two.log"
+    returncode, _ = signal_rank_one(xt, env, out, log_path, signal.SIGKILL, collective_timeout=60)
     stderr = log_path.read_text()
-    assert launcher.returncode != 0
+    assert returncode != 0
     assert "Traceback" not in stderr, stderr[-3000:]
     assert "process rank 1 stopped first (exit code -9)" in stderr, stderr[-3000:]
     info = json.loads((out / "run.json").read_text())

@@ -19,17 +19,9 @@ from xt.plugins import get_registry
 from xt.template import IGNORE_INDEX
 
 from tests.conftest import shared_path
+from tests.core.test_data_template import CONVERSATIONS
 
-MULTI_TURN = [
-    {"messages": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "It is 4."}]},
-    {"messages": [{"role": "system", "content": "You answer briefly."},
-                  {"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."}]},
-    {"messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue, like the sky."},
-                  {"role": "user", "content": "And another one?"}, {"role": "assistant", "content": "Green\nas grass."}]},
-    {"messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"},
-                  {"role": "assistant", "content": "Hello there!"}, {"role": "user", "content": "Bye"},
-                  {"role": "assistant", "content": "Goodbye, friend."}]},
-]
+MULTI_TURN = CONVERSATIONS  # multi-turn, with and without a system prompt
 #: Templates whose prompt runs straight into the reply with no framing between them: the tokenizer
 #: may merge the prompt's last characters with the reply's first (``words.`` + ``"Chilling`` ->
 #: ``."``), which no chat template can reproduce; their saved template is exact when the prompt
