@@ -5,7 +5,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PLUGINS := plugins/xt-alpaca plugins/xt-baichuan plugins/xt-llava plugins/xt-lmdeploy plugins/xt-lmeval
+PLUGINS := plugins/xt-alpaca plugins/xt-baichuan plugins/xt-llava plugins/xt-lmdeploy plugins/xt-lmeval plugins/xt-preference
 STAMP := $(VENV)/.xt-setup
 # DeepSpeed JIT-compiles a CPU comm op on first use; keep the build between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions

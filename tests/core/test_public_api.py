@@ -27,7 +27,7 @@ def _core_imports(path: Path) -> list[tuple[int, str, str]]:
 
 def test_the_scan_sees_every_plugin_and_their_core_imports():
     dists = {p.relative_to(ROOT / "plugins").parts[0] for p in PLUGIN_FILES}
-    assert dists == {"xt-alpaca", "xt-baichuan", "xt-llava", "xt-lmdeploy", "xt-lmeval"}
+    assert dists == {"xt-alpaca", "xt-baichuan", "xt-llava", "xt-lmdeploy", "xt-lmeval", "xt-preference"}
     assert sum(len(_core_imports(p)) for p in PLUGIN_FILES) > 30
 
 

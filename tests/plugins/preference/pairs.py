@@ -1,0 +1,127 @@
+"""Shared pieces of the xt-preference tests: a tiny Llama, encoded pairs, dataset rows and batches, and the
+independent per-sequence log-probs every reference implementation starts from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from xt.plugins import get_registry
+from xt.template import IGNORE_INDEX
+from xt.tokenizers import tiny_tokenizer
+
+PAIRS = (
+    ({"messages": [{"role": "user", "content": "What is the capital of France?"}]}, "Paris", "green"),
+    ({"messages": [{"role": "system", "content": "Answer in one word."},
+                   {"role": "user", "content": "What color is the sky?"}]}, "blue", "Monday and Tuesday"),
+    ({"messages": [{"role": "user", "content": "Write 42 in words."}]}, "forty-two", "a cat"),
+    ({"messages": [{"role": "user", "content": "Is 7 even or odd?"},
+                   {"role": "assistant", "content": "odd"},
+                   {"role": "user", "content": "And 8?"}]}, "even, it is even", "odd"),
+)
+
+
+def tiny_llama(seed: int = 0, vocab_size: int | None = None) -> Any:
+    """A 2-layer Llama from a config (fp32, sdpa), deterministic for ``seed``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size or len(tiny_tokenizer()), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, pad_token_id=0)
+    return LlamaForCausalLM._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+
+
+def encoded_pairs(pairs: tuple = PAIRS, template: str = "default") -> list[list[dict[str, list[int]]]]:
+    """Each pair -> [chosen sequence, rejected sequence], encoded with ``template`` (first label masked)."""
+    tokenizer, spec = tiny_tokenizer(), get_registry().get("templates", template)
+    out = []
+    for prompt, chosen, rejected in pairs:
+        sample = []
+        for reply in (chosen, rejected):
+            conversation = {"messages": prompt["messages"] + [{"role": "assistant", "content": reply}]}
+            encoded = spec.encode(conversation, tokenizer)
+            sample.append({"input_ids": list(encoded["input_ids"]),
+                           "labels": [IGNORE_INDEX] + list(encoded["labels"][1:])})
+        out.append(sample)
+    return out
+
+
+def dataset_row(samples: list[list[dict[str, list[int]]]]) -> dict[str, Any]:
+    """Samples packed into one dataset row, as the contract lays them out."""
+    sequences = [s for sample in samples for s in sample]
+    return {"input_ids": [t for s in sequences for t in s["input_ids"]],
+            "labels": [t for s in sequences for t in s["labels"]],
+            "position_ids": [p for s in sequences for p in range(len(s["input_ids"]))],
+            "sequence_lengths": [len(s["input_ids"]) for s in sequences],
+            "group_sizes": [len(sample) for sample in samples]}
+
+
+def packed_batch(rows: list[dict[str, Any]], pad_token_id: int = 0) -> dict[str, Any]:
+    """Dataset rows -> the packed batch tensors of the contract (no attention mask, -1 sequence id on padding)."""
+    width = max(len(r["input_ids"]) for r in rows)
+    batch = {"input_ids": [], "labels": [], "position_ids": [], "sequence_ids": []}
+    groups, roles, sequence, group = [], [], 0, 0
+    for row in rows:
+        pad = width - len(row["input_ids"])
+        batch["input_ids"].append(row["input_ids"] + [pad_token_id] * pad)
+        batch["labels"].append(row["labels"] + [IGNORE_INDEX] * pad)
+        batch["position_ids"].append(row["position_ids"] + list(range(pad)))
+        ids = []
+        for length in row["sequence_lengths"]:
+            ids += [sequence] * length
+            sequence += 1
+        batch["sequence_ids"].append(ids + [-1] * pad)
+        for size in row["group_sizes"]:
+            groups += [group] * size
+            roles += list(range(size))
+            group += 1
+    out = {key: torch.tensor(value) for key, value in batch.items()}
+    out["sequence_groups"], out["sequence_roles"] = torch.tensor(groups), torch.tensor(roles)
+    return out
+
+
+def independent_logps(model: Any, sequence: dict[str, list[int]]) -> tuple[torch.Tensor, int]:
+    """(sum of log p(label) over the sequence's label tokens, their count): one forward pass of the sequence
+    alone, no padding, log_softmax and gather written out here."""
+    ids = torch.tensor([sequence["input_ids"]])
+    logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
+    labels = torch.tensor(sequence["labels"][1:])
+    keep = labels != IGNORE_INDEX
+    logp = torch.log_softmax(logits, dim=-1)[keep].gather(1, labels[keep].unsqueeze(1)).squeeze(1)
+    return logp.sum(), int(keep.sum())
+
+
+def install_local_core_helpers(monkeypatch: Any) -> None:
+    """Until the core's objective helpers land in xt.api: the contract's model_inputs and sequence_logps."""
+    from xt import api
+
+    if "sequence_logps" in api.__all__:
+        return
+
+    def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
+
+    def sequence_logps(logits: Any, labels: Any, sequence_ids: Any, n_sequences: int) -> tuple[Any, Any]:
+        labels, ids = labels[:, 1:], sequence_ids[:, 1:]
+        keep = labels != IGNORE_INDEX
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        picked = logp[keep].gather(1, labels[keep].unsqueeze(1)).squeeze(1)
+        sums = torch.zeros(n_sequences, dtype=picked.dtype).index_add(0, ids[keep], picked)
+        counts = torch.zeros(n_sequences, dtype=torch.long).index_add(0, ids[keep], torch.ones_like(ids[keep]))
+        return sums, counts
+
+    monkeypatch.setattr(api, "model_inputs", model_inputs, raising=False)
+    monkeypatch.setattr(api, "sequence_logps", sequence_logps, raising=False)
+
+
+@dataclass
+class Context:
+    """The ObjectiveContext fields the objectives read (the core passes its own)."""
+
+    args: dict[str, Any]
+    reference: Any = None
+    pad_token_id: int = 0
+    training: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
