@@ -8,7 +8,7 @@ instant. Anything not listed here is internal and may change without notice.
 
 Registration: ``hookimpl``, the specs (``ModelSpec``, ``DatasetSpec``, ``TemplateSpec``,
 ``CollatorSpec``, ``ExporterSpec``, ``ObjectiveSpec`` with its ``ObjectiveContext``), ``BOS`` / ``EOS`` / ``SpecialToken``, ``RunContext``, ``RowError``, ``XtError``,
-``content_parts`` (OpenAI-style content parts),
+``content_parts`` (OpenAI-style content parts), ``conversation_problems`` (what is wrong with a conversation),
 ``get_registry`` and ``when_imported`` (register with transformers lazily).
 
 Models and runs: ``build_preset`` (a model from a config, deterministically), ``load_hf_causal_lm``,
@@ -40,7 +40,8 @@ _WHERE = {
     "xt": ("hookimpl",),
     "xt.errors": ("XtError",),
     "xt.specs": ("ModelSpec", "DatasetSpec", "TemplateSpec", "CollatorSpec", "ExporterSpec", "ObjectiveSpec",
-                 "ObjectiveContext", "RowError", "BOS", "EOS", "SpecialToken", "RunContext", "content_parts"),
+                 "ObjectiveContext", "RowError", "BOS", "EOS", "SpecialToken", "RunContext", "content_parts",
+                 "conversation_problems"),
     "xt.train.loss": ("model_inputs", "token_loss_sum", "sequence_logps", "sequence_last_index"),
     "xt.plugins": ("get_registry",),
     "xt._imports": ("when_imported",),
