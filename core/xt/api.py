@@ -7,8 +7,8 @@ module that implements it, so a plugin can import them at module level and ``xt 
 instant. Anything not listed here is internal and may change without notice.
 
 Registration: ``hookimpl``, the specs (``ModelSpec``, ``DatasetSpec``, ``TemplateSpec``,
-``CollatorSpec``, ``ExporterSpec``), ``BOS`` / ``EOS`` / ``SpecialToken``, ``RunContext``, ``RowError``, ``XtError``,
-``content_parts`` (OpenAI-style content parts),
+``CollatorSpec``, ``ExporterSpec``, ``ObjectiveSpec`` with its ``ObjectiveContext``), ``BOS`` / ``EOS`` / ``SpecialToken``, ``RunContext``, ``RowError``, ``XtError``,
+``content_parts`` (OpenAI-style content parts), ``conversation_problems`` (what is wrong with a conversation),
 ``get_registry`` and ``when_imported`` (register with transformers lazily).
 
 Models and runs: ``build_preset`` (a model from a config, deterministically), ``load_hf_causal_lm``,
@@ -22,6 +22,11 @@ not, checked to carry the run's weights), ``load_base``, ``apply_adapter``, ``re
 Export: ``export_hf`` (the ``hf`` exporter as a function), ``merge_adapter``, ``check_output_dir``,
 ``staged_output`` (write a folder atomically), ``as_bool`` (exporter options).
 
+Objectives: ``model_inputs`` (the batch entries a model takes), ``token_loss_sum`` (the SFT loss sum),
+``sequence_logps`` (summed log-probabilities of each sequence's label tokens), ``sequence_last_index``
+(each sequence's last token), ``sequence_tensors`` (what the default collator adds for samples of
+several sequences).
+
 Data and generation: ``IGNORE_INDEX``, ``make_default_collator``, ``ResumableBatchSampler``,
 ``generate``, ``generate_batch``, ``generate_from_ids``, ``decode_reply``, ``preserved_training_state``.
 """
@@ -34,8 +39,10 @@ from typing import Any
 _WHERE = {
     "xt": ("hookimpl",),
     "xt.errors": ("XtError",),
-    "xt.specs": ("ModelSpec", "DatasetSpec", "TemplateSpec", "CollatorSpec", "ExporterSpec", "RowError", "BOS",
-                 "EOS", "SpecialToken", "RunContext", "content_parts"),
+    "xt.specs": ("ModelSpec", "DatasetSpec", "TemplateSpec", "CollatorSpec", "ExporterSpec", "ObjectiveSpec",
+                 "ObjectiveContext", "RowError", "BOS", "EOS", "SpecialToken", "RunContext", "content_parts",
+                 "conversation_problems"),
+    "xt.train.loss": ("model_inputs", "token_loss_sum", "sequence_logps", "sequence_last_index"),
     "xt.plugins": ("get_registry",),
     "xt._imports": ("when_imported",),
     "xt.model.loading": ("build_preset", "load_hf_causal_lm", "load_hf_tokenizer", "ensure_pad_token", "safe_pad_id"),
@@ -46,7 +53,7 @@ _WHERE = {
                   "load_tokenizer_for", "template_for", "export_hf", "merge_adapter", "check_output_dir",
                   "staged_output", "as_bool"),
     "xt.template": ("IGNORE_INDEX",),
-    "xt.data.collate": ("make_default_collator",),
+    "xt.data.collate": ("make_default_collator", "sequence_tensors"),
     "xt.data.sampler": ("ResumableBatchSampler",),
     "xt.generation": ("generate", "generate_batch", "generate_from_ids", "decode_reply", "preserved_training_state"),
 }

@@ -2,7 +2,7 @@
 
 A generic Hugging Face model loader (any hub id or local folder), a generic conversation dataset
 format (OpenAI-style ``messages`` and ShareGPT ``conversations``), neutral templates, the default
-collator and the ``hf`` exporter. Heavy imports happen inside the functions, never at import time.
+collator, the ``hf`` exporter and the ``sft`` objective. Heavy imports happen inside the functions, never at import time.
 """
 
 from __future__ import annotations
@@ -11,7 +11,17 @@ from typing import Any
 
 from xt import hookimpl, specs
 from xt.auto_template import AutoTemplateSpec
-from xt.specs import BOS, EOS, CollatorSpec, DatasetSpec, ExporterSpec, ModelSpec, RowError, TemplateSpec
+from xt.specs import (
+    BOS,
+    EOS,
+    CollatorSpec,
+    DatasetSpec,
+    ExporterSpec,
+    ModelSpec,
+    ObjectiveSpec,
+    RowError,
+    TemplateSpec,
+)
 
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
@@ -216,4 +226,29 @@ def exporter(register: Any) -> None:
         aliases=("huggingface",),
         description="A merged Hugging Face folder (safetensors, tokenizer, generation config, chat template).",
         export=_export_hf,
+    ))
+
+
+def _sft_loss(model: Any, batch: dict[str, Any], context: Any) -> Any:
+    from xt.train.loss import sft_loss
+
+    return sft_loss(model, batch, context)
+
+
+def _label_tokens(batch: dict[str, Any]) -> int:
+    from xt.train.loss import label_tokens
+
+    return label_tokens(batch)
+
+
+@hookimpl
+def objective(register: Any) -> None:
+    register(ObjectiveSpec(
+        name="sft",
+        description="Supervised fine-tuning: token cross-entropy on the assistant replies (plus z_loss), "
+                    "averaged over the label tokens of each optimizer step.",
+        loss=_sft_loss,
+        units=_label_tokens,
+        sample_rows=({"messages": [{"role": "user", "content": "Name a colour."},
+                                   {"role": "assistant", "content": "Blue."}]},),
     ))

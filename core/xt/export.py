@@ -65,9 +65,22 @@ def describe_run(run_dir: str | os.PathLike) -> RunModel:
     if not final.is_dir():
         raise XtError(f"Run '{run_dir}' names final folder '{info.final_dir}', which does not exist; the run "
                       f"directory is incomplete.")
+    check_generative(final, info.objective, run_dir)
     return RunModel(model=info.model, source=info.model_source, final_dir=final, adapter=bool(info.adapter),
                     template=info.template, kind=info.kind,
                     model_args=dict(info.model_args))
+
+
+def check_generative(final: Path, objective: str, run_dir: Any) -> None:
+    """Refuse a run whose result is not a language model (e.g. a reward model saved as a classifier)."""
+    import json
+
+    config = final / "config.json"
+    architectures = json.loads(config.read_text()).get("architectures") or [] if config.is_file() else []
+    if architectures and all(a.endswith("ForSequenceClassification") for a in architectures):
+        raise XtError(f"Run '{run_dir}' trained objective '{objective}': its result {final} is a sequence classifier "
+                      f"({architectures[0]}), not a language model to chat with, merge or export; load it with "
+                      f"transformers' AutoModelForSequenceClassification.")
 
 
 def resolve_base(model: str, source: str | None = None) -> tuple[Any, str | None]:

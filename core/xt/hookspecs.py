@@ -77,5 +77,16 @@ def exporter(register: Callable[[Any], None]) -> None:
 
 
 @hookspec
+def objective(register: Callable[[Any], None]) -> None:
+    """Register training objectives: ``register(ObjectiveSpec(...))``.
+
+    Required: ``name``, ``loss(model, batch, context) -> (loss_sum, metrics)`` and ``units(batch)``
+    (what ``loss_sum`` sums over). ``sequences(row)`` turns one mapped row into the conversations
+    encoded for it (a preference pair: prompt + chosen, prompt + rejected). The built-in ``sft`` is
+    registered the same way. Called by ``xt train --objective`` and validation during training.
+    """
+
+
+@hookspec
 def register_commands(cli: Any) -> None:
     """Add click commands to the ``xt`` group: ``cli.add_command(...)`` or ``@cli.command()``."""

@@ -58,6 +58,7 @@ class RunInfo:
     status: str = "running"         # running | finished | failed
     xt_version: str = ""
     model_args: dict[str, Any] = field(default_factory=dict)  # extra load_model kwargs the run used
+    objective: str = "sft"          # the training objective (xt list objectives)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def save(self, run_dir: str | os.PathLike) -> None:

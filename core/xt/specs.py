@@ -129,7 +129,9 @@ class DatasetSpec(Spec):
     With ``pass_context`` True the map is called as ``map_row(row, context)`` with the run's
     :class:`RunContext` (e.g. to find images under its ``image_folder``); the context's data
     fingerprint is then part of the data cache key. ``offline_hint`` replaces the generic advice when
-    the dataset's hub source cannot be reached. ``extra`` is for the plugin's own data.
+    the dataset's hub source cannot be reached. ``objective`` names the objective whose rows
+    ``map_row`` returns (e.g. ``dpo`` for prompt/chosen/rejected rows): that objective checks them and
+    is the run's default; None means conversations, as ``sft`` takes. ``extra`` is for the plugin's own data.
     """
 
     map_row: Callable[[dict[str, Any]], dict[str, Any]] | None = None
@@ -143,10 +145,13 @@ class DatasetSpec(Spec):
     scorer: Callable[[str, str], float] | None = None
     pass_context: bool = False
     offline_hint: str | None = None
+    objective: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def problems(self) -> list[str]:
         out = super().problems()
+        if self.objective is not None and not isinstance(self.objective, str):
+            out.append("objective must be an objective name")
         if not isinstance(self.pass_context, bool):
             out.append("pass_context must be True or False")
         if self.offline_hint is not None and not isinstance(self.offline_hint, str):
@@ -276,6 +281,97 @@ class ExporterSpec(Spec):
         return out
 
 
+@dataclass
+class ObjectiveSpec(Spec):
+    """A training objective: the rows it takes, the token sequences a row becomes, and its loss.
+
+    ``loss(model, batch, context) -> (loss_sum, metrics)`` (required): ``loss_sum`` is a 0-d tensor
+    with graph, the *sum* of the objective's per-unit losses over ``batch``; ``metrics`` maps names to
+    floats or 0-d tensors, each also a sum over those units. ``units(batch) -> int`` (required) counts
+    the units (SFT: label tokens; preference objectives: pairs). An optimizer step's loss is the sum
+    of ``loss_sum`` over its window of micro-batches on all ranks divided by the sum of ``units``, and
+    each metric is reported the same way, so accumulation and ranks change nothing as long as
+    ``loss_sum`` is additive over units (the conformance kit checks this).
+
+    ``sequences(row) -> list[conversation]`` (default ``[row]``): the conversations one mapped row
+    becomes. Each is encoded with the run's template into one token sequence with SFT's labels; the
+    sequences of a row form one *sample* that is dropped, packed and batched whole (for a preference
+    pair: prompt + chosen, then prompt + rejected). ``row_problems(row) -> list[str]`` (default
+    :func:`conversation_problems`) says what is wrong with a mapped row.
+
+    ``collator`` names the collator the objective needs (None: the config's or the model's).
+    ``reference`` True gives the loss a reference model (``context.reference``): the model with its
+    adapter disabled under LoRA/QLoRA, a frozen copy under full training. ``defaults`` lists the
+    objective's options (``--set objective_args.KEY=VALUE``) with their defaults; other keys are
+    refused. ``prepare_model(model, context)`` may change the model before training (e.g. add a
+    head); ``save(model, tokenizer, template, out_dir, *, adapter, context)`` replaces the core's
+    saving of ``final/``. ``sample_rows`` are mapped rows the conformance kit runs the objective on.
+    """
+
+    loss: Callable[..., Any] | None = None
+    units: Callable[[dict[str, Any]], int] | None = None
+    sequences: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None
+    row_problems: Callable[[Any], list[str]] | None = None
+    collator: str | None = None
+    reference: bool = False
+    defaults: dict[str, Any] = field(default_factory=dict)
+    prepare_model: Callable[..., Any] | None = None
+    save: Callable[..., Any] | None = None
+    sample_rows: Sequence[dict[str, Any]] = ()
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        for attr in ("loss", "units"):
+            if not callable(getattr(self, attr)):
+                out.append(f"{attr} is required and must be callable")
+        for attr in ("sequences", "row_problems", "prepare_model", "save"):
+            value = getattr(self, attr)
+            if value is not None and not callable(value):
+                out.append(f"{attr} must be callable")
+        if self.collator is not None and not isinstance(self.collator, str):
+            out.append("collator must be a collator name")
+        if not isinstance(self.reference, bool):
+            out.append("reference must be True or False")
+        if not isinstance(self.defaults, dict) or not all(isinstance(k, str) for k in self.defaults):
+            out.append("defaults must map option names to default values")
+        return out
+
+    def row_sequences(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        """The conversations ``row`` becomes (``sequences(row)``, or the row itself)."""
+        return [row] if self.sequences is None else list(self.sequences(row))
+
+    def check_row(self, row: Any) -> list[str]:
+        """What is wrong with a mapped row (``row_problems``, or the conversation checks)."""
+        return list((self.row_problems or conversation_problems)(row))
+
+    def options(self, given: dict[str, Any] | None) -> dict[str, Any]:
+        """``defaults`` overlaid with the run's ``objective_args``; raises ValueError naming an unknown key."""
+        given = dict(given or {})
+        unknown = sorted(set(given) - set(self.defaults))
+        if unknown:
+            known = ", ".join(sorted(self.defaults)) or "none"
+            raise ValueError(f"objective '{self.name}' has no option {', '.join(map(repr, unknown))} "
+                             f"(its options: {known})")
+        return {**self.defaults, **given}
+
+
+@dataclass
+class ObjectiveContext:
+    """What an objective's ``loss`` / ``prepare_model`` / ``save`` may use besides the model and batch.
+
+    ``args`` are the objective's options (its ``defaults`` overlaid with ``objective_args``);
+    ``reference()`` (objectives with ``reference=True``) is a context manager giving the reference
+    model to call under ``torch.no_grad()``; ``training`` is False during validation.
+    """
+
+    args: dict[str, Any] = field(default_factory=dict)
+    reference: Callable[[], Any] | None = None
+    tokenizer: Any = None
+    pad_token_id: int = 0
+    z_loss: float = 0.0
+    training: bool = True
+
+
 def content_parts(content: list[Any], where: str) -> list[str | dict[str, Any]]:
     """OpenAI-style content parts -> their texts (str) and image parts (the part's dict), in order.
 
@@ -328,6 +424,7 @@ SPEC_KINDS: dict[str, type[Spec]] = {
     "templates": TemplateSpec,
     "collators": CollatorSpec,
     "exporters": ExporterSpec,
+    "objectives": ObjectiveSpec,
 }
 HOOK_OF_KIND = {
     "models": "model_loader",
@@ -335,4 +432,5 @@ HOOK_OF_KIND = {
     "templates": "prompt_template",
     "collators": "collate",
     "exporters": "exporter",
+    "objectives": "objective",
 }

@@ -16,7 +16,9 @@ every preset and local model and checks the special tokens its template needs; b
 preset (at most ``MAX_PRESET_PARAMETERS`` by its config) twice, expecting equal weights, and reloads
 it from a saved folder; calls each collator factory with the options the core passes and collates
 samples of the plugin's own dataset and template; exports a tiny finished run through each exporter
-into a temporary folder; checks that ``data_files`` and the distribution's files exist; and checks
+into a temporary folder; runs each objective on its sample rows through the real data pipeline and a
+tiny model (the loss a finite 0-d tensor with a gradient, metrics finite, and loss, units and metrics
+additive over samples, so accumulation windows stay exact) and its ``save`` into a temporary folder; checks that ``data_files`` and the distribution's files exist; and checks
 names against everything installed (a core name is a problem, another plugin's name a warning).
 Every problem is reported in one failure message.
 """
@@ -29,6 +31,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -141,14 +144,42 @@ def _check_datasets(report: PluginReport, datasets: list[Any], max_rows: int) ->
             report.problems.append(f"{where}: has neither sample_rows nor generate(); add a few sample rows "
                                    f"so the map can be checked offline")
             continue
+        check = _row_check(report, d)
         for i, row in enumerate(rows):
             try:
                 conv = d.map(row)
             except Exception as exc:
                 report.problems.append(f"{where}: map_row failed on sample row {i}: {type(exc).__name__}: {exc}")
                 continue
-            for p in conversation_problems(conv):
-                report.problems.append(f"{where}: sample row {i} maps to an invalid conversation: {p}")
+            for p in check(conv):
+                report.problems.append(f"{where}: sample row {i} maps to an invalid {_row_kind(d)}: {p}")
+
+
+def _objective_named(report: PluginReport, name: str) -> Any:
+    """The objective ``name`` from this plugin, else from the installed ones (None when unknown)."""
+    from xt.plugins import get_registry
+
+    own = [o for o in report.specs.get("objectives", []) if name in (o.name, *o.aliases)]
+    if own:
+        return own[0]
+    registry = get_registry()
+    return registry.get("objectives", name) if name in registry.names("objectives") else None
+
+
+def _row_kind(dataset: Any) -> str:
+    return f"row for objective '{dataset.objective}'" if dataset.objective else "conversation"
+
+
+def _row_check(report: PluginReport, dataset: Any) -> Callable[[Any], list[str]]:
+    """How the dataset's mapped rows are checked: by the objective it names, else as conversations."""
+    if dataset.objective is None:
+        return conversation_problems
+    objective = _objective_named(report, dataset.objective)
+    if objective is None:
+        report.problems.append(f"dataset '{dataset.name}' names objective '{dataset.objective}', which no loaded "
+                               f"plugin registers")
+        return conversation_problems
+    return objective.check_row
 
 
 #: Presets above this many parameters (by their config) are not built by the kit.
@@ -386,7 +417,6 @@ def _tiny_model(report: PluginReport, configs: dict[str, Any], tokenizers: dict[
 
 def _tiny_run(folder: Any, model: Any, tokenizer: Any, template: str) -> Any:
     """A finished full-model run whose result folder holds ``model`` (what exporters are tried on)."""
-    from pathlib import Path
 
     from xt.run import RunInfo
 
@@ -402,7 +432,6 @@ def _tiny_run(folder: Any, model: Any, tokenizer: Any, template: str) -> Any:
 def _check_exporters(report: PluginReport, configs: dict[str, Any], tokenizers: dict[str, Any]) -> None:
     """Export a tiny finished run (of the plugin's own preset when it has one) through each exporter."""
     import tempfile
-    from pathlib import Path
 
     exporters = report.specs.get("exporters", [])
     if not exporters:
@@ -423,6 +452,112 @@ def _check_exporters(report: PluginReport, configs: dict[str, Any], tokenizers: 
                 continue
             if not out.is_dir() or not any(out.iterdir()):
                 report.problems.append(f"{where}: exporting a tiny finished run wrote nothing to the output folder")
+
+
+def _tiny_llama() -> tuple[Any, Any]:
+    """A tiny random Llama and the core's offline tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from xt.tokenizers import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config), tokenizer
+
+
+def _objective_batches(report: PluginReport, spec: Any, tokenizer: Any) -> tuple[Any, Any, Any]:
+    """Collated batches of the objective's sample rows (two samples; each alone), through the real pipeline."""
+    from xt.data.collate import make_collate
+    from xt.data.pipeline import DataOptions, build_dataset
+    from xt.plugins import get_registry
+    from xt.specs import DatasetSpec
+
+    rows = list(spec.sample_rows)[:2]
+    rows = rows if len(rows) == 2 else rows * 2
+    dataset = DatasetSpec(name="kit-objective-rows", map_row=dict, generate=lambda split, seed: rows)
+    options = DataOptions(max_length=256, pack=False, use_cache=False, objective=spec)
+    built = build_dataset(dataset, get_registry().get("templates", "default"), tokenizer, options)
+    own = {c.name: c for c in report.specs.get("collators", [])}
+    collator = own.get(spec.collator) or get_registry().get("collators", spec.collator or "default")
+    collate = make_collate(collator, tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id,
+                           attn_implementation="sdpa")
+    return collate([built[0], built[1]]), collate([built[0]]), collate([built[1]])
+
+
+def _additive(whole: float, parts: tuple[float, float]) -> bool:
+    return abs(whole - sum(parts)) <= 1e-4 * max(1.0, abs(whole))
+
+
+def _check_objectives(report: PluginReport) -> None:
+    """Run each objective on its sample rows: the loss contract that keeps accumulation exact."""
+    import tempfile
+
+    from xt.train.objective import frozen_copy, objective_context, reference_model
+
+    for spec in report.specs.get("objectives", []):
+        where = f"objective '{spec.name}'"
+        if not spec.sample_rows:
+            report.problems.append(f"{where}: has no sample_rows; add one or two rows of the shape it takes so "
+                                   f"the kit can run it offline")
+            continue
+        model, tokenizer = _tiny_llama()
+        context = objective_context(spec, spec.defaults, tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id,
+                                    z_loss=0.0, reference=reference_model(False, None, frozen_copy(model)))
+        if spec.prepare_model is not None and _attempt(report, where, "preparing a tiny model",
+                                                       "prepare_model(model, context)", spec.prepare_model,
+                                                       model, context) is _FAILED:
+            continue
+        try:
+            whole, first, second = _objective_batches(report, spec, tokenizer)
+        except Exception as exc:
+            _problem(report, where, "building batches of its sample rows", exc)
+            continue
+        results = [_attempt(report, where, "computing the loss", "loss(model, batch, context) -> (loss_sum, metrics)",
+                            spec.loss, model, batch, context) for batch in (whole, first, second)]
+        units = [_attempt(report, where, "counting units", "units(batch) -> int", spec.units, b)
+                 for b in (whole, first, second)]
+        if _FAILED in results or _FAILED in units:
+            continue
+        _check_loss_result(report, where, results, units)
+        if spec.save is not None:
+            with tempfile.TemporaryDirectory() as folder:
+                if _attempt(report, where, "saving a tiny model", "save(model, tokenizer, template, out_dir, *, "
+                            "adapter, context)", spec.save, model, tokenizer, None, folder, adapter=False,
+                            context=context) is not _FAILED and not any(Path(folder).iterdir()):
+                    report.problems.append(f"{where}: save wrote nothing to the output folder")
+
+
+def _check_loss_result(report: PluginReport, where: str, results: list[Any], units: list[Any]) -> None:
+    """The loss is a finite 0-d tensor with a graph; loss, units and metrics add up over samples."""
+    import math
+
+    import torch
+
+    (loss, metrics), (loss_a, metrics_a), (loss_b, metrics_b) = results
+    if not torch.is_tensor(loss) or loss.dim() != 0 or not torch.isfinite(loss):
+        report.problems.append(f"{where}: loss_sum must be a finite 0-d tensor, got {loss!r}")
+        return
+    if not loss.requires_grad:
+        report.problems.append(f"{where}: loss_sum has no gradient (computed under no_grad or detached?)")
+        return
+    if not all(isinstance(u, int) and u > 0 for u in units) or units[0] != units[1] + units[2]:
+        report.problems.append(f"{where}: units must be a positive int that adds up over samples, got {units[0]} "
+                               f"for two samples and {units[1]} + {units[2]} for each alone")
+    if not _additive(float(loss.detach()), (float(loss_a.detach()), float(loss_b.detach()))):
+        report.problems.append(f"{where}: loss_sum is not a sum over its units: {float(loss.detach()):.6g} for two samples "
+                               f"but {float(loss_a.detach()):.6g} + {float(loss_b.detach()):.6g} alone (return the sum, not a mean; "
+                               f"the core divides by the window's units)")
+    for key, value in (metrics or {}).items():
+        parts = (float(metrics_a.get(key, math.nan)), float(metrics_b.get(key, math.nan)))
+        if not math.isfinite(float(value)) or not _additive(float(value), parts):
+            report.problems.append(f"{where}: metric '{key}' must be a finite sum over units, got "
+                                   f"{float(value):.6g} for two samples and {parts[0]:.6g} + {parts[1]:.6g} alone")
+    loss.backward()
 
 
 def _check_files(report: PluginReport) -> None:
@@ -538,6 +673,7 @@ def check_plugin_object(obj: Any, name: str, *, distribution: str = "?", module:
     _check_presets(report, report.specs["models"], configs)
     _check_collators(report, tokenizers)
     _check_exporters(report, configs, tokenizers)
+    _check_objectives(report)
 
     from xt.plugins import get_registry
 

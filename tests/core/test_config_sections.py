@@ -21,7 +21,7 @@ def test_data_section_is_what_the_pipeline_takes():
     assert set(SECTIONS["data"]) == {"dataset", "image_folder", *DATA_OPTION_OF}
     # what the pipeline takes beyond the data section comes from elsewhere, named here
     assert option_fields - set(DATA_OPTION_OF.values()) == {"split", "micro_batch_size", "seed", "attention_weight",
-                                                            "context"}
+                                                                "context", "objective"}
 
 
 def test_data_options_carry_every_data_key_and_the_run_context():

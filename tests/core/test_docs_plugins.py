@@ -25,10 +25,10 @@ def test_every_hook_has_a_section():
 
 
 def test_every_spec_field_and_context_field_is_documented():
-    from xt.specs import SPEC_KINDS, RunContext
+    from xt.specs import SPEC_KINDS, ObjectiveContext, RunContext
 
     text = _text()
-    missing = [f"{cls.__name__}.{f.name}" for cls in (*SPEC_KINDS.values(), RunContext)
+    missing = [f"{cls.__name__}.{f.name}" for cls in (*SPEC_KINDS.values(), RunContext, ObjectiveContext)
                for f in dataclasses.fields(cls) if f"`{f.name}`" not in text]
     assert missing == []
 

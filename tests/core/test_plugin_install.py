@@ -165,7 +165,7 @@ def test_generated_plugin_installs_shows_up_and_its_tests_pass(tmp_path):
         infos = {p["name"]: p for p in json.loads(_xt("plugins").stdout)}
         assert infos["scaffolded"]["status"] == "ok"
         assert set(infos["scaffolded"]["hooks"]) == {"model_loader", "dataset_map", "prompt_template", "collate",
-                                                      "exporter", "register_commands"}
+                                                      "exporter", "objective", "register_commands"}
         tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "tests")],
                                capture_output=True, text=True, cwd=root, timeout=300)
         assert tests.returncode == 0, tests.stdout + tests.stderr

@@ -55,7 +55,8 @@ def _add(obj, name, dist=None):
 def test_builtins_are_ordinary_plugins():
     infos = {p.name: p for p in plugins.plugin_infos()}
     assert infos["xt.builtins"].dist == "xt-core"
-    assert set(infos["xt.builtins"].hooks) == {"model_loader", "dataset_map", "prompt_template", "collate", "exporter"}
+    assert set(infos["xt.builtins"].hooks) == {"model_loader", "dataset_map", "prompt_template", "collate", "exporter",
+                                               "objective"}
     reg = plugins.get_registry()
     for kind, name in [("models", "hf"), ("datasets", "conversation"), ("templates", "default"),
                        ("collators", "default"), ("exporters", "hf")]:

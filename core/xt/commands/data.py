@@ -101,12 +101,14 @@ def preview_command(dataset_name: str, model_name: str, template_name: str | Non
                     split: str, max_length: int, length_policy: str, skip_bad_rows: bool, model_path: str | None,
                     image_folder: str | None, count: int) -> None:
     """Print the templated text of a few samples; loss-bearing tokens are marked [[like this]] (green on a tty)."""
-    from xt.data.pipeline import load_conversations
+    from xt.data.pipeline import load_conversations, rows_objective
     from xt.data.process import apply_length_policy
 
     dataset, template, tokenizer = _resolve(dataset_name, model_name, template_name, model_path)
     options = _options(data_files, split, max_length, length_policy, skip_bad_rows, image_folder)
-    conversations = load_conversations(dataset, options)[: max(0, count)]
+    rows = load_conversations(dataset, options)[: max(0, count)]
+    objective = rows_objective(dataset, options)  # rows of e.g. a preference set: show each of their sequences
+    conversations = [seq for row in rows for seq in objective.row_sequences(row)] if objective else rows
     color = sys.stdout.isatty()
     click.echo(f"dataset {dataset.name}, template {template.name}, {len(conversations)} sample(s); "
                f"loss-bearing tokens {'in green' if color else 'inside [[ ]]'}")

@@ -54,6 +54,7 @@ from xt.api import (
     DatasetSpec,
     ExporterSpec,
     ModelSpec,
+    ObjectiveSpec,
     RowError,
     TemplateSpec,
     hookimpl,
@@ -130,6 +131,29 @@ def exporter(register):
     register(ExporterSpec(name="{name}-manifest", description="Example: a JSON manifest.", export=export_manifest))
 
 
+def weighted_loss(model, batch, context):
+    """Example objective: SFT whose token losses are scaled by the option 'weight' (summed, as the core expects)."""
+    from xt.api import token_loss_sum  # torch loads when a step runs, not at import
+
+    return context.args["weight"] * token_loss_sum(model, batch, context.z_loss), {{}}
+
+
+def label_tokens(batch):
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+@hookimpl
+def objective(register):
+    register(ObjectiveSpec(
+        name="{name}-weighted-sft",
+        description="Example: SFT with a weight (--set objective_args.weight=0.5).",
+        loss=weighted_loss,
+        units=label_tokens,
+        defaults={{"weight": 1.0}},
+        sample_rows=[map_row({{"question": "What is 2 + 2?", "answer": "4"}})],
+    ))
+
+
 @hookimpl
 def register_commands(cli):
     @cli.command(name="{name}-hello")
@@ -174,6 +198,7 @@ It registers one example per hook (edit `{pkg}/plugin.py`):
 | prompt_template | template `{name}-chat` |
 | collate | collator `{name}-collator` |
 | exporter | exporter `{name}-manifest` |
+| objective | objective `{name}-weighted-sft` |
 | register_commands | command `xt {name}-hello` |
 
 Run the conformance kit and the tests with `pytest`. To try a change without reinstalling, put a

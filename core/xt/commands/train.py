@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 @click.option("--dataset", help="Registered dataset name (see 'xt list datasets').")
 @click.option("--template", help="Chat template (default: the model's, else the dataset's).")
 @click.option("--method", type=click.Choice(["lora", "qlora", "full"]), help="Fine-tuning method.")
+@click.option("--objective", help="Training objective (default sft; see 'xt list objectives'), e.g. dpo.")
 @click.option("--data-files", multiple=True, help="Local data files / globs for the dataset (repeatable).")
 @click.option("--model-path", help="Local folder with the model's weights (overrides the spec's source).")
 @click.option("--output", help="Run directory (default runs/MODEL-DATASET-METHOD).")
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 @click.option("--dry-run", is_flag=True, help="Print the plan (parameters, memory, data, steps) and exit.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in the output folder.")
 def train_command(config_file: str | None, config_opt: str | None, model: str | None, dataset: str | None,
-                  template: str | None, method: str | None, data_files: tuple[str, ...], model_path: str | None,
+                  template: str | None, method: str | None, objective: str | None, data_files: tuple[str, ...], model_path: str | None,
                   output: str | None, overrides: tuple[str, ...], resume: str | None, nproc: int | None,
                   hostfile: str | None, node_rank: int | None, master_addr: str | None, master_port: int | None,
                   stage: str | None, image_folder: str | None, dry_run: bool, overwrite: bool) -> None:
@@ -69,7 +70,7 @@ def train_command(config_file: str | None, config_opt: str | None, model: str | 
                 raise XtError(f"'{resume_value}' is not an xt run directory (no config.yaml); pass the run's "
                               f"--output folder to --resume.")
             config_path = str(run_config)
-    cli_values = {"model": model, "dataset": dataset, "template": template, "method": method,
+    cli_values = {"model": model, "dataset": dataset, "template": template, "method": method, "objective": objective,
                   "data_files": list(data_files) or None, "model_path": model_path, "output": output,
                   "stage": stage, "image_folder": image_folder}
     cfg = resolve_config(config_path, cli_values, overrides)

@@ -9,6 +9,11 @@ kernel). Padding of a packed batch counts from 0 again, so it forms a segment of
 Flash-attn detects packing only in a batch of one row, so ``flatten=True`` (or
 ``attn_implementation="flash_attention_2"``/``"flash_attention_3"``) concatenates the rows of a
 packed batch into a single row, as transformers' ``DataCollatorWithFlattening`` does.
+
+Rows of an objective whose samples hold several sequences (``sequence_lengths``, ``group_sizes``;
+see :mod:`xt.data.dataset`) become the tensors its loss reads: ``sequence_ids`` (B, T; the batch's
+sequence each token is in, -1 on padding), ``sequence_groups`` (S; the sample of each sequence) and
+``sequence_roles`` (S; its place in its sample, e.g. 0 chosen, 1 rejected).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 from xt.template import IGNORE_INDEX
 
 PADDED_KEYS = ("input_ids", "labels", "position_ids", "attention_mask")
+SEQUENCE_KEYS = ("sequence_lengths", "group_sizes")
 
 
 def make_collate(spec: Any, *, tokenizer: Any, pad_token_id: int | None,
@@ -73,8 +79,11 @@ def make_default_collator(pad_token_id: int = 0, pad_to_multiple_of: int | None 
         if not packed:
             batch["attention_mask"] = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"]))
                                                     for r in rows])
+        if "sequence_lengths" in samples[0]:
+            batch.update(sequence_tensors([s["sequence_lengths"] for s in samples], [s["group_sizes"] for s in samples],
+                                          width, flattened=packed and flatten))
         for key in samples[0]:
-            if key not in PADDED_KEYS:
+            if key not in PADDED_KEYS and key not in SEQUENCE_KEYS:
                 batch[key] = [s.get(key) for s in samples]
         return batch
 
@@ -92,3 +101,27 @@ def _first_masked(labels: list[int]) -> list[int]:
     if labels and labels[0] != IGNORE_INDEX:
         return [IGNORE_INDEX] + list(labels[1:])
     return list(labels)
+
+
+def sequence_tensors(sequence_lengths: list[list[int]], group_sizes: list[list[int]], width: int,
+                     flattened: bool = False) -> dict[str, Any]:
+    """``sequence_ids`` (rows x ``width``, -1 on padding), ``sequence_groups`` and ``sequence_roles``.
+
+    ``sequence_lengths[r]`` are row ``r``'s sequences back to back from its first column (all rows
+    as one when ``flattened``); ``group_sizes[r]`` how many consecutive sequences form each sample.
+    """
+    import torch
+
+    rows = [[n for lengths in sequence_lengths for n in lengths]] if flattened else sequence_lengths
+    ids = torch.full((len(rows), width), -1, dtype=torch.long)
+    sequence = 0
+    for r, lengths in enumerate(rows):
+        column = 0
+        for n in lengths:
+            ids[r, column:column + n] = sequence
+            column += n
+            sequence += 1
+    sizes = [size for sizes_of_row in group_sizes for size in sizes_of_row]
+    groups = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.long))
+    roles = torch.tensor([role for size in sizes for role in range(size)], dtype=torch.long)
+    return {"sequence_ids": ids, "sequence_groups": groups, "sequence_roles": roles}

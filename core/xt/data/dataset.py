@@ -3,6 +3,10 @@
 Row ``i`` (a packed row, or one sample when packing is off) is made of samples
 ``row_segments[i] .. row_segments[i+1]``; sample ``j`` spans tokens ``sample_offsets[j] ..
 sample_offsets[j+1]``. ``position_ids`` restart at 0 for every sample.
+
+For an objective whose samples hold several sequences (a preference pair), the stored segments are
+sequences and ``group_starts`` (1 where a sequence starts a new sample) groups them; rows then also
+carry ``sequence_lengths`` and ``group_sizes`` (sequences per sample), and a row always holds whole samples.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 import numpy as np
 
 ARRAYS = ("input_ids", "labels", "sample_offsets", "row_segments")
+GROUPS = "group_starts"
 
 
 class ProcessedDataset(Sequence):
@@ -25,6 +30,7 @@ class ProcessedDataset(Sequence):
         self.labels_array = arrays["labels"]
         self.sample_offsets = arrays["sample_offsets"]
         self.row_segments = arrays["row_segments"]
+        self.group_starts = arrays.get(GROUPS)  # None: every segment is a sample of its own
         self.images = images  # per sample, None when no sample has images
         self.stats = stats
         starts = self.sample_offsets[self.row_segments]
@@ -32,8 +38,13 @@ class ProcessedDataset(Sequence):
 
     @classmethod
     def from_arrays(cls, ids: np.ndarray, labels: np.ndarray, lengths: np.ndarray, rows: list[list[int]],
-                    images: list[list[Any]] | None, stats: dict[str, Any]) -> ProcessedDataset:
-        """Samples stored back to back (``lengths`` each) regrouped into rows of sample indices."""
+                    images: list[list[Any]] | None, stats: dict[str, Any],
+                    group_sizes: list[int] | None = None) -> ProcessedDataset:
+        """Samples stored back to back (``lengths`` each) regrouped into rows of sample indices.
+
+        With ``group_sizes`` the stored segments are sequences, ``group_sizes`` consecutive ones per
+        sample, and ``rows`` lists sequence indices (whole samples).
+        """
         from xt.data.process import gather_index
 
         lengths = np.asarray(lengths, dtype=np.int64)
@@ -46,6 +57,10 @@ class ProcessedDataset(Sequence):
         np.cumsum([len(members) for members in rows], out=row_segments[1:])
         arrays = {"input_ids": np.asarray(ids, dtype=np.int32)[index], "labels": np.asarray(labels, dtype=np.int32)[index],
                   "sample_offsets": offsets, "row_segments": row_segments}
+        if group_sizes is not None:
+            starts_flag = np.zeros(len(lengths), dtype=np.int8)
+            starts_flag[np.cumsum(group_sizes) - np.asarray(group_sizes, dtype=np.int64)] = 1
+            arrays[GROUPS] = starts_flag[order]
         ordered_images = [images[i] for i in order.tolist()] if images is not None else None
         return cls(arrays, ordered_images, stats)
 
@@ -81,6 +96,10 @@ class ProcessedDataset(Sequence):
             "labels": self.labels_array[start:end].tolist(),
             "position_ids": position_ids,
         }
+        if self.group_starts is not None:
+            flags = np.flatnonzero(np.asarray(self.group_starts[first:last]))
+            sample["sequence_lengths"] = np.diff(bounds).tolist()
+            sample["group_sizes"] = np.diff(np.append(flags, last - first)).tolist()
         if self.images is not None:
             imgs = [img for j in range(first, last) for img in (self.images[j] or [])]
             if imgs or any(self.images[j] is not None for j in range(first, last)):
@@ -89,13 +108,18 @@ class ProcessedDataset(Sequence):
 
     def num_samples(self, index: int) -> int:
         """How many samples row ``index`` packs."""
-        return int(self.row_segments[index + 1] - self.row_segments[index])
+        first, last = int(self.row_segments[index]), int(self.row_segments[index + 1])
+        if self.group_starts is not None:
+            return int(np.asarray(self.group_starts[first:last]).sum())
+        return last - first
 
     # --- storage -------------------------------------------------------------------------------
     def save(self, folder: str) -> None:
         """Write arrays (.npy), images and stats (json) into an existing folder."""
         arrays = {"input_ids": self.input_ids, "labels": self.labels_array, "sample_offsets": self.sample_offsets,
                   "row_segments": self.row_segments}
+        if self.group_starts is not None:
+            arrays[GROUPS] = self.group_starts
         for name, array in arrays.items():
             np.save(os.path.join(folder, name + ".npy"), np.ascontiguousarray(array))
         if self.images is not None:
@@ -109,6 +133,8 @@ class ProcessedDataset(Sequence):
     def load(cls, folder: str) -> ProcessedDataset:
         """Read a folder written by :meth:`save` (token arrays memory-mapped)."""
         arrays = {name: np.load(os.path.join(folder, name + ".npy"), mmap_mode="r") for name in ARRAYS}
+        if os.path.exists(os.path.join(folder, GROUPS + ".npy")):
+            arrays[GROUPS] = np.load(os.path.join(folder, GROUPS + ".npy"))
         images = None
         if os.path.exists(os.path.join(folder, "images.json")):
             with open(os.path.join(folder, "images.json"), encoding="utf-8") as fh:

@@ -6,6 +6,7 @@ call to see the mapped conversations themselves.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -29,7 +30,7 @@ from xt.data.load import callable_fingerprint, load_rows, plan_sources
 from xt.data.pack import fill_ratio, pack_best_fit
 from xt.data.process import process_rows
 from xt.errors import XtError
-from xt.specs import DatasetSpec, ModelSpec, RunContext, TemplateSpec
+from xt.specs import DatasetSpec, ModelSpec, ObjectiveSpec, RunContext, TemplateSpec
 from xt.template import IGNORE_INDEX
 
 log = logging.getLogger("xt.data")
@@ -52,6 +53,7 @@ class DataOptions:
     use_cache: bool = True
     seed: int = 0
     context: RunContext = field(default_factory=RunContext)  # image folder, model args, rank ... for maps
+    objective: ObjectiveSpec | None = None  # rows as the objective takes them (None: conversations, as sft)
 
 
 def choose_template(model_spec: ModelSpec | None, dataset_spec: DatasetSpec | None,
@@ -71,12 +73,25 @@ def _sources(dataset: DatasetSpec, options: DataOptions, plan: Any) -> list[tupl
     return [(s.name, s.rows) for s in load_rows(dataset, plan, options.split, options.seed)]
 
 
+def rows_objective(dataset: DatasetSpec, options: DataOptions) -> ObjectiveSpec | None:
+    """The objective rows are checked and expanded by: the options', else the one the dataset names."""
+    if options.objective is not None or dataset.objective is None:
+        return options.objective
+    from xt.plugins import get_registry
+
+    return get_registry().get("objectives", dataset.objective)
+
+
 def load_conversations(dataset: DatasetSpec, options: DataOptions) -> list[dict[str, Any]]:
-    """The dataset's rows mapped to validated conversations (bad rows fail, or are skipped when asked)."""
+    """The dataset's rows mapped and validated (bad rows fail, or are skipped when asked).
+
+    Rows are conversations, or the row shape of the dataset's objective (e.g. prompt, chosen, rejected).
+    """
     plan = plan_sources(dataset, options.data_files)
     result = process_rows(_sources(dataset, options, plan), dataset, template=None, tokenizer=None,
                           max_length=max(1, options.max_length), policy=options.length_policy,
-                          skip_bad_rows=options.skip_bad_rows, num_proc=options.num_proc, context=options.context)
+                          skip_bad_rows=options.skip_bad_rows, num_proc=options.num_proc, context=options.context,
+                          objective=rows_objective(dataset, options))
     if result.bad:
         log.warning("skipped %d bad rows of dataset '%s'", len(result.bad), dataset.name)
     if not result.conversations:
@@ -89,6 +104,7 @@ def build_dataset(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, 
     """Load, map, template, apply the length policy and pack; reuse the on-disk cache when it matches."""
     template = template.for_tokenizer(tokenizer)
     plan = plan_sources(dataset, options.data_files)
+    options = dataclasses.replace(options, objective=rows_objective(dataset, options))
     if not options.use_cache:
         return _build(dataset, template, tokenizer, options, plan)
     parts = {
@@ -105,6 +121,10 @@ def build_dataset(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, 
         parts.update(micro_batch_size=options.micro_batch_size, attention_weight=options.attention_weight)
     if dataset.pass_context:  # the map sees the context: a different image folder is different data
         parts["context"] = options.context.data_fingerprint()
+    if _expands(options.objective):  # the objective checks rows and makes their sequences
+        objective = options.objective
+        parts["objective"] = [objective.name, callable_fingerprint(objective.sequences),
+                              callable_fingerprint(objective.row_problems)]
     entry = os.path.join(options.cache_dir or default_cache_dir(), cache_key(parts))
     if not is_complete(entry):
         if rank != 0 and world_size > 1:
@@ -134,6 +154,11 @@ def build_dataset(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, 
     return loaded
 
 
+def _expands(objective: ObjectiveSpec | None) -> bool:
+    """Whether ``objective`` changes how rows become samples (``sft`` does not)."""
+    return objective is not None and (objective.sequences is not None or objective.row_problems is not None)
+
+
 def encode_parallelism(num_proc: int, rows: int) -> dict[str, int]:
     """Processes that mapped and tokenized, and the tokenizer's own threads in each (its Rust pool)."""
     processes = num_proc if num_proc > 1 and rows >= 2 * num_proc else 1
@@ -149,7 +174,8 @@ def _build(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, options
     started = time.perf_counter()
     result = process_rows(_sources(dataset, options, plan), dataset, template=template, tokenizer=tokenizer,
                           max_length=options.max_length, policy=options.length_policy,
-                          skip_bad_rows=options.skip_bad_rows, num_proc=options.num_proc, context=options.context)
+                          skip_bad_rows=options.skip_bad_rows, num_proc=options.num_proc, context=options.context,
+                          objective=options.objective if _expands(options.objective) else None)
     counts = result.counts
     if result.bad:
         log.warning("skipped %d bad rows of dataset '%s'", len(result.bad), dataset.name)
@@ -159,10 +185,15 @@ def _build(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, options
                       f"({counts['dropped']} longer than max_length {options.max_length} dropped, "
                       f"{counts['no_labels']} without reply tokens after truncation); raise max_length (xt train --set max_length=N, xt data --max-length N).")
     length_list = lengths.tolist()
-    choice = choose_layout(length_list, options.max_length, options.micro_batch_size, options.attention_weight,
+    groups = result.group_sizes  # with an objective: consecutive sequences per sample, packed whole
+    sample_lengths = length_list if groups is None else _group_lengths(length_list, groups)
+    capacity = options.max_length * (max(groups, default=1) if groups else 1)
+    choice = choose_layout(sample_lengths, capacity, options.micro_batch_size, options.attention_weight,
                            options.seed) if options.pack == "auto" else None
     pack = choice["layout"] == "packed" if choice else bool(options.pack)
-    rows = pack_best_fit(length_list, options.max_length) if pack else [[i] for i in range(len(length_list))]
+    rows = pack_best_fit(sample_lengths, capacity) if pack else [[i] for i in range(len(sample_lengths))]
+    if groups is not None:
+        rows = _sequences_of_rows(rows, groups)
     stats: dict[str, Any] = {
         "dataset": dataset.name,
         "template": template.name,
@@ -172,7 +203,8 @@ def _build(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, options
         "dropped": counts["dropped"] + counts["no_labels"],
         "dropped_too_long": counts["dropped"],
         "dropped_no_labels": counts["no_labels"],
-        "samples": len(length_list),
+        "samples": len(sample_lengths),
+        "sequences_per_sample": max(groups, default=1) if groups is not None else 1,
         "packed": pack,
         "layout": "packed" if pack else ("grouped" if choice else "single"),
         "layout_choice": choice,
@@ -180,10 +212,27 @@ def _build(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, options
         "tokens": int(lengths.sum()),
         "label_tokens": int((result.labels != IGNORE_INDEX).sum()),
         "max_length": options.max_length,
-        "fill": round(fill_ratio(length_list, rows, options.max_length), 4) if pack else None,
+        "fill": round(fill_ratio(length_list, rows, capacity), 4) if pack else None,
         "build_seconds": round(time.perf_counter() - started, 3),
         **encode_parallelism(options.num_proc, counts["rows"]),
         "cached": False,
         "cache_path": None,
     }
-    return ProcessedDataset.from_arrays(result.ids, result.labels, lengths, rows, result.images, stats)
+    return ProcessedDataset.from_arrays(result.ids, result.labels, lengths, rows, result.images, stats, groups)
+
+
+def _group_lengths(lengths: list[int], groups: list[int]) -> list[int]:
+    """Tokens per sample: the sum over its consecutive sequences."""
+    out, start = [], 0
+    for size in groups:
+        out.append(sum(lengths[start:start + size]))
+        start += size
+    return out
+
+
+def _sequences_of_rows(rows: list[list[int]], groups: list[int]) -> list[list[int]]:
+    """Rows of sample indices -> rows of the samples' sequence indices (in order)."""
+    first = [0]
+    for size in groups:
+        first.append(first[-1] + size)
+    return [[j for i in members for j in range(first[i], first[i + 1])] for members in rows]

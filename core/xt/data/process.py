@@ -2,6 +2,11 @@
 
 Bad rows are collected with their file and index; the caller either fails with the first few
 or skips them and reports how many. ``num_proc > 1`` splits the rows over forked processes.
+
+With an objective whose rows become several sequences (a preference pair: prompt + chosen,
+prompt + rejected), each mapped row is expanded into its conversations, all encoded alike, and the
+row's sequences stay one *sample*: the length policy drops them together (``group_sizes`` says how
+many consecutive sequences each sample has).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xt.errors import PluginError, XtError, describe_spec
-from xt.specs import DatasetSpec, RowError, RunContext, TemplateSpec, conversation_problems
+from xt.specs import DatasetSpec, ObjectiveSpec, RowError, RunContext, TemplateSpec, conversation_problems
 from xt.template import IGNORE_INDEX
 
 LENGTH_POLICIES = ("truncate", "drop")
@@ -36,11 +41,12 @@ class BadRow:
 
 @dataclass
 class Mapped:
-    """Conversations of valid rows and the rows that failed."""
+    """Conversations of valid rows (or, with an objective, their sequences) and the rows that failed."""
 
     conversations: list[dict[str, Any]] = field(default_factory=list)
     bad: list[BadRow] = field(default_factory=list)
     rows: int = 0
+    group_sizes: list[int] = field(default_factory=list)  # with an objective: sequences per row
 
 
 def _reason(exc: Exception) -> str:
@@ -52,8 +58,12 @@ def _reason(exc: Exception) -> str:
 
 
 def map_rows(dataset: DatasetSpec, rows: Sequence[Any], source: str, start: int = 0,
-             context: RunContext | None = None) -> Mapped:
-    """Apply ``dataset.map_row`` (with ``context`` when the dataset asks for it) and validate each conversation."""
+             context: RunContext | None = None, objective: ObjectiveSpec | None = None,
+             expand: bool = True) -> Mapped:
+    """Apply ``dataset.map_row`` (with ``context`` when the dataset asks for it) and validate each conversation.
+
+    With ``objective`` the mapped row is checked by the objective and (``expand``) replaced by its sequences.
+    """
     out = Mapped(rows=len(rows))
     for offset, row in enumerate(rows):
         index = start + offset
@@ -68,12 +78,38 @@ def map_rows(dataset: DatasetSpec, rows: Sequence[Any], source: str, start: int 
         except Exception as exc:
             raise PluginError(f"map_row of {describe_spec(dataset)} crashed on {source} row {index} with "
                               f"{type(exc).__name__}: {exc}; this is a bug in the map (it should raise RowError).") from exc
-        problems = conversation_problems(conv)
+        problems = objective.check_row(conv) if objective is not None else conversation_problems(conv)
         if problems:
             out.bad.append(BadRow(source, index, "; ".join(problems)))
             continue
-        out.conversations.append(conv)
+        if objective is None or not expand:
+            out.conversations.append(conv)
+            continue
+        sequences, problem = _sequences_of(objective, conv)
+        if problem:
+            out.bad.append(BadRow(source, index, problem))
+            continue
+        out.conversations.extend(sequences)
+        out.group_sizes.append(len(sequences))
     return out
+
+
+def _sequences_of(objective: ObjectiveSpec, row: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+    """(the row's conversations, None) or ([], why they cannot be used)."""
+    try:
+        sequences = objective.row_sequences(row)
+    except _ROW_ERRORS as exc:
+        return [], _reason(exc)
+    except Exception as exc:
+        raise PluginError(f"sequences of {describe_spec(objective)} crashed with {type(exc).__name__}: {exc}; "
+                          f"this is a bug in the objective (it should raise RowError).") from exc
+    if not sequences:
+        return [], f"objective '{objective.name}' made no sequence of this row"
+    for k, conv in enumerate(sequences):
+        problems = conversation_problems(conv)
+        if problems:
+            return [], f"sequence {k} made by objective '{objective.name}': " + "; ".join(problems)
+    return sequences, None
 
 
 def bad_rows_error(dataset: DatasetSpec, bad: list[BadRow], total: int) -> XtError:
@@ -126,16 +162,20 @@ class ChunkResult:
     labels: Any = None
     lengths: Any = None
     images: list[Any] | None = None
+    group_sizes: list[int] | None = None  # with an objective: sequences per kept sample
     bad: list[BadRow] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: {"rows": 0, "truncated": 0, "dropped": 0, "no_labels": 0})
 
 
 def encode_conversations(conversations: Sequence[dict[str, Any]], template: TemplateSpec, tokenizer: Any,
-                         max_length: int, policy: str, result: ChunkResult) -> None:
+                         max_length: int, policy: str, result: ChunkResult,
+                         group_sizes: Sequence[int] | None = None) -> None:
     """Template + tokenize (batched) + length policy, vectorized; fills ``result``'s arrays.
 
     Same rules as :func:`apply_length_policy`: too long -> truncated (or dropped), first label of
-    every sample -100, a sample without any label token left is dropped.
+    every sample -100, a sample without any label token left is dropped. With ``group_sizes``
+    (consecutive sequences forming one sample) a sample is dropped when any of its sequences is, and
+    the counts count samples.
     """
     import numpy as np
 
@@ -146,7 +186,8 @@ def encode_conversations(conversations: Sequence[dict[str, Any]], template: Temp
     keep = np.ones(len(lengths), dtype=bool)
     if policy == "drop":
         keep &= ~too_long
-        result.counts["dropped"] += int(too_long.sum())
+        if group_sizes is None:
+            result.counts["dropped"] += int(too_long.sum())
     new_lengths = np.minimum(lengths, max_length)
     if len(labels):
         labels[starts[lengths > 0]] = IGNORE_INDEX
@@ -159,9 +200,12 @@ def encode_conversations(conversations: Sequence[dict[str, Any]], template: Temp
     for i in np.flatnonzero(too_long).tolist():
         counts[i] = int(label_mask[starts[i]:starts[i] + max_length].sum(dtype=np.int64))
     has_labels = counts > 0
-    result.counts["no_labels"] += int((keep & ~has_labels).sum())
-    keep &= has_labels
-    result.counts["truncated"] += int((keep & too_long).sum())
+    if group_sizes is not None:
+        result.group_sizes = _keep_groups(group_sizes, keep, has_labels, too_long, result.counts)
+    else:
+        result.counts["no_labels"] += int((keep & ~has_labels).sum())
+        keep &= has_labels
+        result.counts["truncated"] += int((keep & too_long).sum())
     if keep.all() and not too_long.any():
         result.ids, result.labels, result.lengths = ids, labels, lengths
     else:
@@ -169,6 +213,37 @@ def encode_conversations(conversations: Sequence[dict[str, Any]], template: Temp
         result.ids, result.labels, result.lengths = ids[index], labels[index], new_lengths[keep]
     if any(conv.get("images") for conv in conversations):
         result.images = [list(conv.get("images") or []) for conv, k in zip(conversations, keep.tolist()) if k]
+
+
+def _group_starts(group_sizes: Sequence[int]) -> Any:
+    import numpy as np
+
+    sizes = np.asarray(group_sizes, dtype=np.int64)
+    return np.cumsum(sizes) - sizes
+
+
+def _keep_groups(group_sizes: Sequence[int], keep: Any, has_labels: Any, too_long: Any,
+                 counts: dict[str, int]) -> list[int]:
+    """Count drops and truncations per sample, mark a sample's sequences kept only if all are; kept sizes."""
+    import numpy as np
+
+    sizes = np.asarray(group_sizes, dtype=np.int64)
+    starts = _group_starts(sizes)
+
+    def every(flags: Any) -> Any:
+        return np.minimum.reduceat(flags.astype(np.int8), starts).astype(bool) if len(flags) else flags
+
+    def some(flags: Any) -> Any:
+        return np.maximum.reduceat(flags.astype(np.int8), starts).astype(bool) if len(flags) else flags
+
+    kept_length = every(keep)  # keep is False only for sequences the "drop" policy dropped
+    counts["dropped"] += int((~kept_length).sum())
+    labelled = every(has_labels)
+    counts["no_labels"] += int((kept_length & ~labelled).sum())
+    kept = kept_length & labelled
+    counts["truncated"] += int((kept & some(too_long)).sum())
+    keep[:] = np.repeat(kept, sizes)
+    return sizes[kept].tolist()
 
 
 # Work handed to forked workers (functions in specs may be closures that do not pickle).
@@ -180,14 +255,20 @@ def _process_chunk(chunk: list[tuple[int, int, int]]) -> ChunkResult:
     job = _job
     result = ChunkResult()
     conversations: list[dict[str, Any]] = []
+    objective = job["objective"]
+    group_sizes: list[int] | None = [] if objective is not None and job["encode"] else None
     for source_index, start, stop in chunk:
         name, rows = job["sources"][source_index]
-        mapped = map_rows(job["dataset"], rows[start:stop], name, start, job["context"])
+        mapped = map_rows(job["dataset"], rows[start:stop], name, start, job["context"], objective,
+                          expand=job["encode"])
         result.bad.extend(mapped.bad)
         result.counts["rows"] += mapped.rows
         conversations.extend(mapped.conversations)
+        if group_sizes is not None:
+            group_sizes.extend(mapped.group_sizes)
     if job["encode"] and (not result.bad or job["skip_bad_rows"]):
-        encode_conversations(conversations, job["template"], job["tokenizer"], job["max_length"], job["policy"], result)
+        encode_conversations(conversations, job["template"], job["tokenizer"], job["max_length"], job["policy"], result,
+                             group_sizes)
     elif not job["encode"]:
         result.conversations = conversations
     return result
@@ -214,15 +295,21 @@ def _chunks(sources: Sequence[tuple[str, list[Any]]], n_chunks: int) -> list[lis
 
 def process_rows(sources: Sequence[tuple[str, list[Any]]], dataset: DatasetSpec, *, template: TemplateSpec | None,
                  tokenizer: Any, max_length: int, policy: str, skip_bad_rows: bool, num_proc: int = 1,
-                 context: RunContext | None = None) -> ChunkResult:
-    """Map (and, with a template, encode) every row; raises for bad rows unless ``skip_bad_rows``."""
+                 context: RunContext | None = None, objective: ObjectiveSpec | None = None) -> ChunkResult:
+    """Map (and, with a template, encode) every row; raises for bad rows unless ``skip_bad_rows``.
+
+    With ``objective`` (and a template) rows are checked by it and expanded into its sequences;
+    objectives whose rows stay one conversation (``sequences`` None, like ``sft``) change nothing.
+    """
+    if objective is not None and objective.sequences is None and objective.row_problems is None:
+        objective = None
     if policy not in LENGTH_POLICIES:
         raise XtError(f"Unknown length policy '{policy}'; use one of {', '.join(LENGTH_POLICIES)}.")
     if max_length < 1:
         raise XtError(f"max_length must be a positive number of tokens, got {max_length}.")
     _job.clear()
     _job.update(sources=list(sources), dataset=dataset, template=template, tokenizer=tokenizer, max_length=max_length, policy=policy,
-                skip_bad_rows=skip_bad_rows, encode=template is not None, context=context)
+                skip_bad_rows=skip_bad_rows, encode=template is not None, context=context, objective=objective)
     total = sum(len(rows) for _, rows in sources)
     try:
         if num_proc > 1 and total >= 2 * num_proc:
@@ -256,6 +343,8 @@ def process_rows(sources: Sequence[tuple[str, list[Any]]], dataset: DatasetSpec,
         result.ids = np.concatenate([p.ids for p in encoded])
         result.labels = np.concatenate([p.labels for p in encoded])
         result.lengths = np.concatenate([p.lengths for p in encoded])
+        if objective is not None:
+            result.group_sizes = [size for p in encoded for size in (p.group_sizes or [])]
         if any(p.images is not None for p in encoded):
             result.images = [img for p in encoded for img in (p.images or [[]] * len(p.lengths))]
     if result.bad and not skip_bad_rows:

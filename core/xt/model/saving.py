@@ -117,20 +117,28 @@ def _append_readme(folder: Path, note: str) -> None:
 
 
 def save_final(model: Any, tokenizer: Any, template: TemplateSpec, out_dir: str | os.PathLike, *,
-               adapter: bool, zero3: bool = False, rank: int = 0) -> Path:
+               adapter: bool, zero3: bool = False, rank: int = 0, objective: Any = None, context: Any = None) -> Path:
     """Save the trained model as a Hugging Face folder; every rank calls it (ZeRO-3 gathers collectively).
 
     Written to ``out_dir + '.tmp'`` first and renamed, so a crash never leaves a half-written result.
+    An objective with its own ``save`` (e.g. a reward model) writes the weights instead, with every
+    parameter gathered; the tokenizer files are written either way.
     """
+    from xt.errors import plugin_call
+
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".tmp")
-    base_note = _adapter_base_note(model) if adapter and rank == 0 else None
-    with _gathered(model, zero3, only_trainable=adapter):
+    own_save = getattr(objective, "save", None)
+    base_note = _adapter_base_note(model) if adapter and rank == 0 and own_save is None else None
+    with _gathered(model, zero3, only_trainable=adapter and own_save is None):
         if rank == 0:
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
-            if adapter:
+            if own_save is not None:
+                with plugin_call(objective, "save"):
+                    own_save(model, tokenizer, template, tmp, adapter=adapter, context=context)
+            elif adapter:
                 # a preset base has no config to look up (PEFT would try the hub): embeddings unchanged
                 no_lookup = {"save_embedding_layers": False} if base_note else {}
                 model.save_pretrained(str(tmp), safe_serialization=True, **no_lookup)

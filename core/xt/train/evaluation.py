@@ -1,4 +1,4 @@
-"""Eval during training: validation loss, and generations for configured and held-out prompts.
+"""Eval during training: validation loss (and the objective's metrics), and generations for prompts.
 
 Held-out prompts come from the validation rows themselves: each sample in a (possibly packed)
 row is cut where its ``position_ids`` restart; the tokens before its first label are the prompt and
@@ -16,7 +16,6 @@ from typing import Any
 
 from xt.template import IGNORE_INDEX
 from xt.train.dist import all_reduce_sum
-from xt.train.loss import batch_loss_sum
 
 
 class RowSubset:
@@ -59,23 +58,34 @@ def heldout_prompts(dataset: Any, count: int) -> list[tuple[list[int], list[int]
     return out
 
 
-def validation_loss(model: Any, dataset: Any, collate: Any, batch_size: int, device: Any, rank: int,
-                    world_size: int) -> float:
-    """Token-averaged loss over ``dataset``, rows split across ranks (every rank must call it)."""
-    from xt.generation import preserved_training_state
+def validate(model: Any, dataset: Any, collate: Any, batch_size: int, device: Any, rank: int, world_size: int,
+             objective: Any, context: Any) -> dict[str, float]:
+    """``eval_loss`` and ``eval_<metric>`` over ``dataset``: the objective's per-unit means (without z-loss),
+    rows split across ranks (every rank must call it)."""
+    import dataclasses
 
-    total, tokens = 0.0, 0
+    from xt.generation import preserved_training_state
+    from xt.train.objective import call_loss, count_units
+
+    context = dataclasses.replace(context, training=False, z_loss=0.0)
+    total, units, sums = 0.0, 0, {}
     mine = list(range(rank, len(dataset), world_size))
     steps = -(-len(dataset) // (world_size * batch_size)) if len(dataset) else 0
     with preserved_training_state(model):
         for s in range(steps):
             idx = mine[s * batch_size:(s + 1) * batch_size] or [0]  # ranks with no rows left still run a forward
-            loss, n = batch_loss_sum(model, collate([dataset[i] for i in idx]), device)
+            batch = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in collate([dataset[i] for i in idx]).items()}
+            loss, metrics = call_loss(objective, model, batch, context)
             if mine[s * batch_size:(s + 1) * batch_size]:
                 total += float(loss)
-                tokens += n
-    total, tokens = all_reduce_sum([total, float(tokens)], device)
-    return total / max(tokens, 1.0)
+                units += count_units(objective, batch)
+                for key, value in metrics.items():
+                    sums[key] = sums.get(key, 0.0) + value
+    names = sorted(sums)
+    total, units, *metric_totals = all_reduce_sum([total, float(units), *(sums[k] for k in names)], device)
+    record = {"eval_loss": total / max(units, 1.0)}
+    record.update({f"eval_{key}": value / max(units, 1.0) for key, value in zip(names, metric_totals)})
+    return record
 
 
 def tail_words(text: str, width: int = 80) -> str:

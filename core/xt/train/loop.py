@@ -1,10 +1,10 @@
 """The training recipe: ``setup(cfg) -> Run``, then ``fit(run)``, over ``deepspeed.initialize``.
 
-``setup`` does everything that can fail before the first step (processes, run folder checks, model,
-data, sampler, engine, resume) and returns a :class:`Run` holding it; ``fit`` is the loop itself:
-for each optimizer step take a window of micro-batches, back-propagate each one's share of the
-window's loss (the maths is in :mod:`xt.train.loss`), step, log, evaluate and checkpoint on
-schedule; then save the result. ``train(cfg)`` is the two in a row.
+``setup`` does everything that can fail before the first step (processes, run folder checks,
+objective, model, data, sampler, engine, resume) and returns a :class:`Run` holding it; ``fit`` is
+the loop itself: for each optimizer step take a window of micro-batches, back-propagate each one's
+share of the window's loss as the objective computes it (the maths is in :mod:`xt.train.loss`),
+step, log, evaluate and checkpoint on schedule; then save the result. ``train(cfg)`` is the two in a row.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ class Run:
     run_dir: Path
     model_spec: Any
     dataset_spec: Any
+    objective: Any          # the ObjectiveSpec; its context (options, reference model) below
+    objective_context: Any
     template: Any
     loaded: Any             # the built model: tokenizer, dtype, attention, adapter or not (LoadedModel)
     train_rows: Any
@@ -117,13 +119,14 @@ def seed_everything(seed: int) -> None:
 
 
 def build_data(cfg: TrainConfig, dataset_spec: Any, template: Any, tokenizer: Any, rank: int,
-               world: int, attention_weight: float = 0.0) -> tuple[Any, Any]:
+               world: int, attention_weight: float = 0.0, objective: Any = None) -> tuple[Any, Any]:
     """(train rows, validation rows or None): the dataset's validation split, else a val_ratio slice."""
     from xt.data import build_dataset
     from xt.train.evaluation import RowSubset
 
     def rows(split: str) -> Any:
         options = cfg.data_options(split, rank=rank, world_size=world, attention_weight=attention_weight)
+        options.objective = objective
         return build_dataset(dataset_spec, template, tokenizer, options, rank=rank, world_size=world)
 
     train = rows("train")
@@ -141,12 +144,13 @@ def build_data(cfg: TrainConfig, dataset_spec: Any, template: Any, tokenizer: An
     return train, None
 
 
-def build_collate(cfg: TrainConfig, registry: Any, model_spec: Any, loaded: Any) -> Any:
-    """The collate function: ``cfg.collator``, else the model spec's, else ``default``."""
+def build_collate(cfg: TrainConfig, registry: Any, model_spec: Any, loaded: Any, objective: Any = None) -> Any:
+    """The collate function: ``cfg.collator``, else the objective's, else the model spec's, else ``default``."""
     from xt.data.collate import make_collate
     from xt.model.loading import safe_pad_id
 
-    name = cfg.collator if cfg.collator != "default" else (model_spec.collator or "default")
+    name = cfg.collator if cfg.collator != "default" else \
+        (getattr(objective, "collator", None) or model_spec.collator or "default")
     return make_collate(registry.get("collators", name), tokenizer=loaded.tokenizer,
                         pad_token_id=safe_pad_id(loaded.tokenizer, loaded.model), attn_implementation=loaded.attn)
 
@@ -189,12 +193,14 @@ def build_engine(cfg: TrainConfig, loaded: Any, total_steps: int, world: int) ->
     return engine, scheduler
 
 
-def run_info(cfg: TrainConfig, model_spec: Any, template: Any, loaded: Any, total_steps: int, world: int) -> Any:
+def run_info(cfg: TrainConfig, model_spec: Any, template: Any, loaded: Any, total_steps: int, world: int,
+             objective: Any) -> Any:
     from xt import __version__
     from xt.run import RunInfo
 
     return RunInfo(model=cfg.model, model_source=loaded.source, template=template.name, method=cfg.method,
                    dataset=cfg.dataset, kind=model_spec.kind, adapter=loaded.adapter, xt_version=__version__,
+                   objective=objective.name,
                    model_args=dict(cfg.model_args), extra={"total_steps": total_steps, "world_size": world})
 
 
@@ -215,6 +221,7 @@ def setup(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     from xt.train.dist import init_distributed
     from xt.train.evaluation import heldout_prompts
     from xt.train.metrics import MetricsLog
+    from xt.train.objective import objective_name, resolve_objective
 
     # ---- processes, run folder, seeds
     dist = init_distributed()
@@ -231,22 +238,25 @@ def setup(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
         on_main(main, lambda: check_new_run_dir(run_dir, overwrite))
     seed_everything(cfg.seed)
 
-    # ---- model, tokenizer, template, data
+    # ---- objective, model, tokenizer, template, data
     registry = get_registry()
     model_spec = registry.resolve_model(cfg.model)
     dataset_spec = registry.get("datasets", cfg.dataset)
+    objective, objective_args = resolve_objective(objective_name(cfg.objective, dataset_spec), cfg.objective_args)
     loaded = build_model(cfg, model_spec)
+    context, frozen = prepare_objective(cfg, objective, objective_args, loaded)
     # 'auto' becomes the template read from the tokenizer's own chat template
     template = choose_template(model_spec, dataset_spec, cfg.template).for_tokenizer(loaded.tokenizer)
     train_rows, val_rows = build_data(cfg, dataset_spec, template, loaded.tokenizer, rank, world,
-                                      attention_weight(loaded.model) if cfg.pack == "auto" else 0.0)
+                                      attention_weight(loaded.model) if cfg.pack == "auto" else 0.0, objective)
     check_token_ids(loaded.model, train_rows, val_rows)  # ids past the embedding rows: refused before any write
 
     # ---- batches, schedule, engine
-    collate = build_collate(cfg, registry, model_spec, loaded)
+    collate = build_collate(cfg, registry, model_spec, loaded, objective)
     sampler = build_sampler(cfg, model_spec, train_rows, rank, world)
     steps_per_epoch, total_steps = count_steps(cfg, sampler, len(train_rows), world)
     engine, scheduler = build_engine(cfg, loaded, total_steps, world)
+    context.reference = reference_of(objective, loaded, engine, frozen)
 
     # ---- resume
     start_step, history = 0, {}
@@ -254,7 +264,7 @@ def setup(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
         state = load_checkpoint(engine, resume_ckpt, rank=rank, exclude_frozen=loaded.adapter)
         sampler.load_state_dict(state["sampler"])
         start_step, history = int(state["step"]), state.get("metrics", {})
-    info = run_info(cfg, model_spec, template, loaded, total_steps, world)
+    info = run_info(cfg, model_spec, template, loaded, total_steps, world, objective)
 
     # ---- the run folder, written only now that everything above is valid
     def write_run(folder: Path) -> None:
@@ -268,7 +278,7 @@ def setup(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     metrics = MetricsLog(run_dir, enabled=main, resume_step=start_step if resume_ckpt is not None else None,
                          report_to=cfg.report_to, config=cfg.to_dict())
     run = Run(cfg=cfg, dist=dist, run_dir=run_dir, model_spec=model_spec, dataset_spec=dataset_spec,
-              template=template, loaded=loaded, train_rows=train_rows, val_rows=val_rows, collate=collate,
+              objective=objective, objective_context=context, template=template, loaded=loaded, train_rows=train_rows, val_rows=val_rows, collate=collate,
               sampler=sampler, engine=engine, scheduler=scheduler, total_steps=total_steps, metrics=metrics,
               info=info, start_step=start_step, history=history)
     if val_rows is not None and cfg.eval_samples:
@@ -278,12 +288,44 @@ def setup(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     return run
 
 
+def prepare_objective(cfg: TrainConfig, objective: Any, args: dict[str, Any], loaded: Any) -> tuple[Any, Any]:
+    """(the objective's context, a frozen reference copy or None); ``prepare_model`` runs here, before the engine.
+
+    A full-training objective that needs a reference gets a copy of the model as loaded; under
+    LoRA/QLoRA the reference is the trained model with its adapter disabled (no copy).
+    """
+    from xt.errors import plugin_call
+    from xt.model.loading import safe_pad_id
+    from xt.train.objective import frozen_copy, objective_context
+
+    frozen = frozen_copy(loaded.model) if objective.reference and not loaded.adapter else None
+    context = objective_context(objective, args, tokenizer=loaded.tokenizer,
+                                pad_token_id=safe_pad_id(loaded.tokenizer, loaded.model), z_loss=cfg.z_loss,
+                                reference=None)
+    if objective.prepare_model is not None:
+        with plugin_call(objective, "prepare_model"):
+            objective.prepare_model(loaded.model, context)
+    return context, frozen
+
+
+def reference_of(objective: Any, loaded: Any, engine: Any, frozen: Any) -> Any:
+    """The reference-model factory for the objective's context (None when it needs none)."""
+    from xt.train.objective import reference_model
+
+    if not objective.reference:
+        return None
+    if frozen is not None:
+        frozen.to(next(engine.module.parameters()).device)
+    return reference_model(loaded.adapter, lambda: engine.module, frozen)
+
+
 def print_banner(run: Run, steps_per_epoch: int) -> None:
     from xt.model.setup import count_parameters
 
     cfg, loaded = run.cfg, run.loaded
     total_params, trainable_params = count_parameters(run.engine.module)
-    print(f"xt train: {cfg.model} on {cfg.dataset} ({run.template.name} template), {cfg.method}, {loaded.dtype}, "
+    objective = f" with objective {run.objective.name}" if run.objective.name != "sft" else ""
+    print(f"xt train: {cfg.model} on {cfg.dataset}{objective} ({run.template.name} template), {cfg.method}, {loaded.dtype}, "
           f"attn {loaded.attn}, ZeRO-{cfg.zero_stage}, {run.dist.world_size} process(es); {trainable_params:,} of "
           f"{total_params:,} parameters trainable; {len(run.train_rows)} rows, {steps_per_epoch} steps/epoch, "
           f"{run.total_steps} steps -> {run.run_dir}", file=sys.stderr)
@@ -353,24 +395,28 @@ def micro_batches(run: Run) -> Any:
 def optimizer_step(run: Run, batches: Any, step: int) -> dict[str, Any]:
     """One optimizer step over a window of ``grad_accum`` micro-batches; returns its metrics record."""
     from xt.train.dist import all_reduce_sum
-    from xt.train.loss import batch_loss_sum, label_tokens, micro_batch_objective, window_loss
+    from xt.train.loss import micro_batch_objective, window_loss
+    from xt.train.objective import call_loss, count_units
 
-    engine, device, world = run.engine, run.dist.device, run.dist.world_size
+    engine, device, world, objective = run.engine, run.dist.device, run.dist.world_size, run.objective
     started, started_cpu = time.perf_counter(), time.process_time()
-    window = [next(batches) for _ in range(run.cfg.grad_accum)]
-    (window_tokens,) = all_reduce_sum([float(sum(label_tokens(b) for b in window))], device)
+    window = [_to_device(next(batches), device) for _ in range(run.cfg.grad_accum)]
+    (window_units,) = all_reduce_sum([float(sum(count_units(objective, b) for b in window))], device)
     lr = run.scheduler.get_last_lr()[0]
-    loss_sum, step_tokens = 0.0, 0
+    loss_sum, step_tokens, metric_sums = 0.0, 0, {}
     for i, batch in enumerate(window):
-        batch = _to_device(batch, device)
-        token_loss_sum, _ = batch_loss_sum(engine, batch, device, run.cfg.z_loss)
-        engine.backward(micro_batch_objective(token_loss_sum, world, window_tokens), scale_wrt_gas=False)
-        loss_sum += float(token_loss_sum.detach())
+        batch_sum, metrics = call_loss(objective, engine, batch, run.objective_context)
+        engine.backward(micro_batch_objective(batch_sum, world, window_units), scale_wrt_gas=False)
+        loss_sum += float(batch_sum.detach())
+        for key, value in metrics.items():
+            metric_sums[key] = metric_sums.get(key, 0.0) + value
         step_tokens += _real_tokens(batch)
         if i < len(window) - 1:
             engine.step()  # inside the window DeepSpeed only accumulates
-    global_loss_sum, global_tokens = all_reduce_sum([loss_sum, float(step_tokens)], device)
-    loss = window_loss(global_loss_sum, window_tokens)
+    names = sorted(metric_sums)  # every rank reports the same metrics, so the reduction lines up
+    global_loss_sum, global_tokens, *global_metrics = all_reduce_sum(
+        [loss_sum, float(step_tokens), *(metric_sums[k] for k in names)], device)
+    loss = window_loss(global_loss_sum, window_units)
     if not math.isfinite(loss):
         fail_non_finite(run, step, loss)
     local_norm = grad_l2_norm(engine.module) if engine.zero_optimization_stage() == 0 else None
@@ -383,6 +429,7 @@ def optimizer_step(run: Run, batches: Any, step: int) -> dict[str, Any]:
               "cpu_s": time.process_time() - started_cpu}
     if grad_norm is not None:
         record["grad_norm"] = float(grad_norm)
+    record.update({key: window_loss(value, window_units) for key, value in zip(names, global_metrics)})
     run.history = {"tokens": int(run.history.get("tokens", 0)) + int(global_tokens), "last_loss": loss}
     return record
 
@@ -427,13 +474,13 @@ def evaluate(run: Run, step: int) -> None:
     """Validation loss and generations (configured prompts, held-out samples); every rank calls it."""
     from tqdm.auto import tqdm
 
-    from xt.train.evaluation import run_generation_eval, tail_words, validation_loss
+    from xt.train.evaluation import run_generation_eval, tail_words, validate
 
     cfg, main = run.cfg, run.main
     record: dict[str, Any] = {"step": step}
     if run.val_rows is not None and len(run.val_rows):
-        record["eval_loss"] = validation_loss(run.engine.module, run.val_rows, run.collate, cfg.micro_batch_size,
-                                              run.dist.device, run.dist.rank, run.dist.world_size)
+        record.update(validate(run.engine.module, run.val_rows, run.collate, cfg.micro_batch_size, run.dist.device,
+                               run.dist.rank, run.dist.world_size, run.objective, run.objective_context))
     if cfg.eval_prompts or run.heldout:
         result = run_generation_eval(
             run.engine.module, run.loaded.tokenizer, run.template, prompts=cfg.eval_prompts, heldout=run.heldout,
@@ -451,6 +498,8 @@ def evaluate(run: Run, step: int) -> None:
         parts = [f"eval_loss: {record['eval_loss']:.4f}"] if "eval_loss" in record else []
         if "eval_accuracy" in record:
             parts.append(f"accuracy: {100 * record['eval_accuracy']:.1f}%")
+        if "eval_reward_accuracy" in record:
+            parts.append(f"reward accuracy: {100 * record['eval_reward_accuracy']:.1f}%")
         if parts:
             tqdm.write(f"step {step}: " + ", ".join(parts), file=sys.stderr)
         run.metrics.log(record)
@@ -477,12 +526,14 @@ def finish(run: Run, step: int) -> None:
     if cfg.save_total_limit > 0:
         checkpoint(run, step)
     save_final(run.engine.module, run.loaded.tokenizer, run.template, run.run_dir / "final",
-               adapter=run.loaded.adapter, zero3=run.zero3, rank=run.dist.rank)
+               adapter=run.loaded.adapter, zero3=run.zero3, rank=run.dist.rank,
+               objective=run.objective, context=run.objective_context)
     barrier()
     if run.main:
         run.metrics.close()
         plot_loss(run.run_dir / "metrics.jsonl", run.run_dir / "loss.png")
         run.info.status, run.info.final_dir = "finished", "final"
+        run.info.adapter = (run.run_dir / "final" / "adapter_config.json").is_file()  # an objective may save merged
         run.info.save(run.run_dir)
         print(f"xt train: finished {step} steps; result in {run.run_dir / 'final'}", file=sys.stderr)
     run.metrics.close()

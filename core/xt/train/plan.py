@@ -148,6 +148,8 @@ def _dataset_summary(cfg: TrainConfig, world: int) -> str:
                     f"--model-path with a local copy to plan the data too")
         template = choose_template(model_spec, dataset_spec, cfg.template)
         options = cfg.data_options(world_size=world)
+        if cfg.objective:  # else the dataset's objective, or sft
+            options.objective = registry.get("objectives", cfg.objective)
         data = build_dataset(dataset_spec, template, tokenizer, options)
     except XtError as exc:
         return f"dataset not available offline ({exc})"
