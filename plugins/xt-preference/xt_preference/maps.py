@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xt.api import RowError
+from xt.api import RowError, conversation_problems
 
 ROLES = ("system", "user", "assistant")
 HUMAN = "\n\nHuman:"
@@ -38,6 +38,31 @@ def _string(row: dict[str, Any], key: str, *, required: bool, what: str) -> str:
     if required and not value.strip():
         raise RowError(f"empty '{key}' ({what})")
     return value
+
+
+def pair_sequences(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The two conversations a pair row becomes: prompt + chosen reply, then prompt + rejected reply."""
+    extra = {"images": row["images"]} if "images" in row else {}
+    return [{"messages": [*row["messages"], {"role": "assistant", "content": row[key]}], **extra}
+            for key in ("chosen", "rejected")]
+
+
+def pair_problems(row: Any) -> list[str]:
+    """What is wrong with a mapped pair row (empty when it is a valid pair)."""
+    if not isinstance(row, dict):
+        return [f"a pair row must be a dict, got {type(row).__name__}"]
+    out = [f"'{key}' must be a non-empty string (the {what} reply)"
+           for key, what in (("chosen", "preferred"), ("rejected", "dispreferred"))
+           if not isinstance(row.get(key), str) or not row[key].strip()]
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict) \
+            or messages[-1].get("role") != "user":
+        out.append("'messages' must be the prompt turns, ending with a user turn")
+    if out:
+        return out
+    if row["chosen"] == row["rejected"]:
+        return ["'chosen' and 'rejected' are the same reply: the pair carries no preference"]
+    return conversation_problems(pair_sequences(row)[0])
 
 
 def pair_row(messages: list[dict[str, str]], chosen: str, rejected: str) -> dict[str, Any]:

@@ -33,6 +33,8 @@ from typing import Any
 from xt.api import XtError
 
 DPO_LOSS_TYPES = ("sigmoid", "ipo")
+DPO_DEFAULTS = {"beta": 0.1, "label_smoothing": 0.0, "loss_type": "sigmoid"}
+ORPO_DEFAULTS = {"beta": 0.1}
 #: the reward head's name: the attribute of the causal LM and the module plain transformers loads as the classifier
 SCORE = "score"
 

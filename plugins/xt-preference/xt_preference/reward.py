@@ -72,9 +72,8 @@ def sequence_classifier(model: Any, *, adapter: bool, pad_token_id: int) -> Any:
 
 def save_reward_model(model: Any, tokenizer: Any, template: Any, out_dir: Any, *, adapter: bool,
                       context: Any) -> None:
-    """``save`` of ``reward``: the sequence-classification model and the tokenizer in ``out_dir``."""
+    """``save`` of ``reward``: the sequence-classification model in ``out_dir`` (the core adds the tokenizer files)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     classifier = sequence_classifier(model, adapter=adapter, pad_token_id=context.pad_token_id)
     classifier.save_pretrained(str(out), safe_serialization=True)
-    tokenizer.save_pretrained(str(out))

@@ -3,10 +3,10 @@ independent per-sequence log-probs every reference implementation starts from.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from xt.api import ObjectiveContext, make_default_collator
 from xt.plugins import get_registry
 from xt.template import IGNORE_INDEX
 from xt.tokenizers import tiny_tokenizer
@@ -59,27 +59,8 @@ def dataset_row(samples: list[list[dict[str, list[int]]]]) -> dict[str, Any]:
 
 
 def packed_batch(rows: list[dict[str, Any]], pad_token_id: int = 0) -> dict[str, Any]:
-    """Dataset rows -> the packed batch tensors of the contract (no attention mask, -1 sequence id on padding)."""
-    width = max(len(r["input_ids"]) for r in rows)
-    batch = {"input_ids": [], "labels": [], "position_ids": [], "sequence_ids": []}
-    groups, roles, sequence, group = [], [], 0, 0
-    for row in rows:
-        pad = width - len(row["input_ids"])
-        batch["input_ids"].append(row["input_ids"] + [pad_token_id] * pad)
-        batch["labels"].append(row["labels"] + [IGNORE_INDEX] * pad)
-        batch["position_ids"].append(row["position_ids"] + list(range(pad)))
-        ids = []
-        for length in row["sequence_lengths"]:
-            ids += [sequence] * length
-            sequence += 1
-        batch["sequence_ids"].append(ids + [-1] * pad)
-        for size in row["group_sizes"]:
-            groups += [group] * size
-            roles += list(range(size))
-            group += 1
-    out = {key: torch.tensor(value) for key, value in batch.items()}
-    out["sequence_groups"], out["sequence_roles"] = torch.tensor(groups), torch.tensor(roles)
-    return out
+    """Dataset rows -> the core default collator's packed batch (no attention mask, the sequence tensors)."""
+    return make_default_collator(pad_token_id=pad_token_id)(rows)
 
 
 def independent_logps(model: Any, sequence: dict[str, list[int]]) -> tuple[torch.Tensor, int]:
@@ -93,35 +74,6 @@ def independent_logps(model: Any, sequence: dict[str, list[int]]) -> tuple[torch
     return logp.sum(), int(keep.sum())
 
 
-def install_local_core_helpers(monkeypatch: Any) -> None:
-    """Until the core's objective helpers land in xt.api: the contract's model_inputs and sequence_logps."""
-    from xt import api
-
-    if "sequence_logps" in api.__all__:
-        return
-
-    def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-        return {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
-
-    def sequence_logps(logits: Any, labels: Any, sequence_ids: Any, n_sequences: int) -> tuple[Any, Any]:
-        labels, ids = labels[:, 1:], sequence_ids[:, 1:]
-        keep = labels != IGNORE_INDEX
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        picked = logp[keep].gather(1, labels[keep].unsqueeze(1)).squeeze(1)
-        sums = torch.zeros(n_sequences, dtype=picked.dtype).index_add(0, ids[keep], picked)
-        counts = torch.zeros(n_sequences, dtype=torch.long).index_add(0, ids[keep], torch.ones_like(ids[keep]))
-        return sums, counts
-
-    monkeypatch.setattr(api, "model_inputs", model_inputs, raising=False)
-    monkeypatch.setattr(api, "sequence_logps", sequence_logps, raising=False)
-
-
-@dataclass
-class Context:
-    """The ObjectiveContext fields the objectives read (the core passes its own)."""
-
-    args: dict[str, Any]
-    reference: Any = None
-    pad_token_id: int = 0
-    training: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+def context(args: dict[str, Any] | None = None, reference: Any = None) -> Any:
+    """The core's ObjectiveContext with ``args`` and a ``reference`` factory."""
+    return ObjectiveContext(args=dict(args or {}), reference=reference, pad_token_id=0)

@@ -19,21 +19,16 @@ from xt_preference import objectives
 from xt_preference.reward import add_score_head
 
 from tests.plugins.preference.pairs import (
-    Context,
+    context,
     dataset_row,
     encoded_pairs,
     independent_logps,
-    install_local_core_helpers,
     packed_batch,
     tiny_llama,
 )
 
 TOL = 1e-5
 
-
-@pytest.fixture(autouse=True)
-def _core_helpers(monkeypatch):
-    install_local_core_helpers(monkeypatch)
 
 
 def _perturbed(model, seed=1, scale=0.05):
@@ -116,9 +111,9 @@ def test_dpo_loss_metrics_and_gradients_equal_the_paper_formula(beta, smoothing,
     reference.requires_grad_(False)
     policy = _perturbed(reference)
     samples = encoded_pairs()
-    context = Context(args={"beta": beta, "label_smoothing": smoothing, "loss_type": loss_type},
+    ctx = context({"beta": beta, "label_smoothing": smoothing, "loss_type": loss_type},
                       reference=_frozen_reference(reference))
-    loss, metrics = objectives.dpo_loss(policy, _batch(samples), context)
+    loss, metrics = objectives.dpo_loss(policy, _batch(samples), ctx)
 
     with torch.no_grad():
         ref_pairs = _pair_logps(reference, samples)
@@ -151,7 +146,7 @@ def test_orpo_loss_and_gradients_equal_the_paper_formula_and_trl():
     beta = 0.25
     model = _perturbed(tiny_llama())
     samples = encoded_pairs()
-    loss, metrics = objectives.orpo_loss(model, _batch(samples), Context(args={"beta": beta}))
+    loss, metrics = objectives.orpo_loss(model, _batch(samples), context({"beta": beta}))
     pairs = _pair_logps(model, samples)
     expected = sum(_paper_orpo(p, beta) for p in pairs)
     _assert_same(loss, expected)
@@ -186,9 +181,9 @@ def _independent_reward(model, sequence):
 
 def test_reward_loss_and_gradients_equal_bradley_terry():
     model = tiny_llama()
-    add_score_head(model, Context(args={}))
+    add_score_head(model, context({}))
     samples = encoded_pairs()
-    loss, metrics = objectives.reward_loss(model, _batch(samples), Context(args={}))
+    loss, metrics = objectives.reward_loss(model, _batch(samples), context({}))
     rewards = [(_independent_reward(model, c), _independent_reward(model, r)) for c, r in samples]
     expected = sum(torch.log1p(torch.exp(-(c - r))) for c, r in rewards)
     _assert_same(loss, expected)
@@ -203,16 +198,16 @@ def test_loss_sums_are_additive_over_pairs(objective):
     reference = tiny_llama()
     policy = _perturbed(reference)
     if objective == "reward":
-        add_score_head(policy, Context(args={}))
+        add_score_head(policy, context({}))
     args = {"dpo": {"beta": 0.1, "label_smoothing": 0.0, "loss_type": "sigmoid"}, "orpo": {"beta": 0.1},
             "reward": {}}[objective]
-    context = Context(args=args, reference=_frozen_reference(reference))
+    ctx = context(args, reference=_frozen_reference(reference))
     loss_fn = getattr(objectives, f"{objective}_loss")
     samples = encoded_pairs()
     with torch.no_grad():
-        whole, whole_metrics = loss_fn(policy, _batch(samples), context)
-        first, first_metrics = loss_fn(policy, packed_batch([dataset_row(samples[:1])]), context)
-        rest, rest_metrics = loss_fn(policy, packed_batch([dataset_row(samples[1:])]), context)
+        whole, whole_metrics = loss_fn(policy, _batch(samples), ctx)
+        first, first_metrics = loss_fn(policy, packed_batch([dataset_row(samples[:1])]), ctx)
+        rest, rest_metrics = loss_fn(policy, packed_batch([dataset_row(samples[1:])]), ctx)
     _assert_same(whole, first + rest)
     for name in whole_metrics:
         _assert_same(whole_metrics[name], first_metrics[name] + rest_metrics[name])

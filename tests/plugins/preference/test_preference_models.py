@@ -3,7 +3,6 @@ logits equal the training rewards) and DPO's reference under LoRA (no second cop
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
@@ -11,15 +10,15 @@ import sys
 import pytest
 import torch
 from xt.tokenizers import tiny_tokenizer
+from xt.train.objective import reference_model
 from xt_preference import objectives
 from xt_preference.reward import add_score_head, save_reward_model
 
 from tests.plugins.preference.pairs import (
-    Context,
+    context,
     dataset_row,
     encoded_pairs,
     independent_logps,
-    install_local_core_helpers,
     packed_batch,
     tiny_llama,
 )
@@ -41,10 +40,6 @@ print(json.dumps({"class": type(model).__name__, "architectures": model.config.a
 """
 
 
-@pytest.fixture(autouse=True)
-def _core_helpers(monkeypatch):
-    install_local_core_helpers(monkeypatch)
-
 
 def _lora(model, seed=3):
     from peft import LoraConfig, get_peft_model
@@ -58,12 +53,12 @@ def _lora(model, seed=3):
 def test_saved_reward_model_gives_the_training_rewards_in_plain_transformers(adapter, tmp_path):
     model = tiny_llama()
     model = _lora(model) if adapter else model
-    add_score_head(model, Context(args={}))
+    add_score_head(model, context({}))
     samples = encoded_pairs()
     batch = packed_batch([dataset_row(samples[:3]), dataset_row(samples[3:])])
     with torch.no_grad():
         trained, _ = objectives.rewards(model, batch, pad_token_id=0)
-    save_reward_model(model, tiny_tokenizer(), None, tmp_path / "final", adapter=adapter, context=Context(args={}))
+    save_reward_model(model, tiny_tokenizer(), None, tmp_path / "final", adapter=adapter, context=context({}))
 
     sequences = [s["input_ids"] for sample in samples for s in sample]
     proc = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_XT, str(tmp_path / "final"), json.dumps(sequences)],
@@ -81,7 +76,7 @@ def test_saved_reward_model_gives_the_training_rewards_in_plain_transformers(ada
 def test_reward_head_is_the_only_new_trainable_module_under_lora():
     model = _lora(tiny_llama())
     before = {n for n, p in model.named_parameters() if p.requires_grad}
-    add_score_head(model, Context(args={}))
+    add_score_head(model, context({}))
     after = {n for n, p in model.named_parameters() if p.requires_grad}
     assert after - before == {"base_model.model.score.weight"} and all("lora_" in n for n in before)
     assert model.get_base_model().score.weight.shape == (1, 32)
@@ -93,7 +88,7 @@ def test_reward_head_refuses_a_family_without_sequence_classification():
 
     codegen = CodeGenForCausalLM(CodeGenConfig(n_layer=1, n_embd=16, n_head=2, rotary_dim=4, vocab_size=64))
     with pytest.raises(XtError, match="transformers has none for model type 'codegen'"):
-        add_score_head(codegen, Context(args={}))
+        add_score_head(codegen, context({}))
     assert not hasattr(codegen, "score")
 
 
@@ -105,15 +100,11 @@ def test_lora_reference_is_the_base_model_without_a_second_copy():
     assert sum(p.numel() for p in policy.parameters()) == base_count + lora_count  # one copy of the base weights
     assert lora_count < base_count / 10
 
-    @contextlib.contextmanager
-    def reference():
-        with policy.disable_adapter():
-            yield policy
-
+    reference = reference_model(adapter=True, trained=lambda: policy)  # what xt train gives a LoRA run
     samples = encoded_pairs()
     batch = packed_batch([dataset_row(samples)])
     with torch.no_grad():
-        ref_logps, _ = objectives.reference_logps(batch, Context(args={}, reference=reference))
+        ref_logps, _ = objectives.reference_logps(batch, context({}, reference=reference))
         base_logps = torch.stack([independent_logps(base, s)[0] for sample in samples for s in sample])
         policy_logps, _ = objectives.sequence_logps_of(objectives.forward(policy, batch), batch)
     assert torch.allclose(ref_logps, base_logps, atol=1e-6, rtol=0)
