@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train_support import DATASET, MODEL, driver_env, make_model_dir, write_driver  # noqa: E402
+from test_train_support import (  # noqa: E402
+    DATASET,
+    MODEL,
+    driver_env,
+    kill_at_first_checkpoint,
+    make_model_dir,
+    write_driver,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -44,17 +49,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(setup):
     assert done.returncode == 0, done.stderr[-3000:]
 
     crashed = work / "crashed"
-    proc = subprocess.Popen([sys.executable, str(driver), *ARGS, "--output", str(crashed)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = crashed / "checkpoints" / "latest"
-    deadline = time.time() + 240
-    while not latest.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (crashed / "final").exists()
-    resumed_from = int(latest.read_text().split("-")[1])
+    resumed_from = kill_at_first_checkpoint(driver, ARGS, crashed, env)
 
     again = subprocess.run([sys.executable, str(driver), "train", "--resume", str(crashed)], env=env,
                            capture_output=True, text=True, timeout=300)

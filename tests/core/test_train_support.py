@@ -123,5 +123,25 @@ def driver_env(cache_dir: Path) -> dict[str, str]:
     return env
 
 
+def kill_at_first_checkpoint(driver: Path, args: list[str], out: Path, env: dict[str, str]) -> int:
+    """Run ``xt`` (through ``driver``) with ``args --output out``, SIGKILL it once a checkpoint is written;
+    returns the step of that checkpoint. Fails when the run ends before it could be killed."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen([sys.executable, str(driver), *args, "--output", str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = out / "checkpoints" / "latest"
+    deadline = time.time() + 240
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (out / "final").exists()
+    return int(latest.read_text().split("-")[1])
+
+
 def python() -> str:
     return sys.executable
