@@ -52,16 +52,17 @@ def dataset_map(register: Any) -> None:
         map_row=map_flat_row, sample_rows=FLAT_SAMPLE_ROWS, offline_hint=OFFLINE_HINT, objective=PAIR_OBJECTIVE))
     register(DatasetSpec(
         name="ultrafeedback",
-        description="UltraFeedback binarized (HuggingFaceH4/ultrafeedback_binarized, split train_prefs): "
-                    "chosen and rejected conversations sharing their prompt turns.",
-        source="HuggingFaceH4/ultrafeedback_binarized", load_kwargs={"split": "train_prefs"},
+        description="UltraFeedback binarized (HuggingFaceH4/ultrafeedback_binarized; train: train_prefs, test: "
+                    "test_prefs): chosen and rejected conversations sharing their prompt turns.",
+        source="HuggingFaceH4/ultrafeedback_binarized", splits=("train", "test"),
+        load_kwargs={"data_files": {"train": "data/train_prefs-*.parquet", "test": "data/test_prefs-*.parquet"}},
         map_row=map_message_pair_row, sample_rows=ULTRAFEEDBACK_SAMPLE_ROWS, offline_hint=OFFLINE_HINT,
         objective=PAIR_OBJECTIVE))
     register(DatasetSpec(
         name="hh-rlhf",
         description="Anthropic HH-RLHF (Anthropic/hh-rlhf): Human/Assistant transcripts that differ only in "
                     "the last reply.",
-        source="Anthropic/hh-rlhf", map_row=map_hh_row, sample_rows=HH_SAMPLE_ROWS, offline_hint=OFFLINE_HINT,
+        source="Anthropic/hh-rlhf", splits=("train", "test"), map_row=map_hh_row, sample_rows=HH_SAMPLE_ROWS, offline_hint=OFFLINE_HINT,
         objective=PAIR_OBJECTIVE))
     register(DatasetSpec(
         name="preference-demo",

@@ -130,6 +130,15 @@ def test_accumulation_window_equals_the_concatenated_batch(workdir, model_dir):
         assert step_a[key] == pytest.approx(step_b[key], rel=1e-5, abs=1e-7), key
 
 
+def test_padded_collator_trains_as_the_rows_of_two_sequences(workdir, model_dir):
+    common = dict(method="full", max_steps=2, lr=1e-3, pack=False, micro_batch_size=3)
+    rows = run(workdir, "dpo-two-per-row", model_dir, **common)
+    padded = run(workdir, "dpo-padded", model_dir, collator="preference-padded", **common)
+    for a, b in zip(*[[r for r in records(x) if "loss" in r] for x in (rows, padded)], strict=True):
+        for key in ("loss", "logps_chosen", "logps_rejected", "reward_margin"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+
+
 def test_merge_and_export_of_a_dpo_lora_run(runs, model_dir, workdir):
     from click.testing import CliRunner
     from peft import PeftModel
