@@ -51,6 +51,9 @@ def pair_problems(row: Any) -> list[str]:
     """What is wrong with a mapped pair row (empty when it is a valid pair)."""
     if not isinstance(row, dict):
         return [f"a pair row must be a dict, got {type(row).__name__}"]
+    if "chosen" not in row and "rejected" not in row:
+        return ["the row is not a preference pair (no 'chosen' and 'rejected' replies): train a preference "
+                "dataset (preference-jsonl, ultrafeedback, hh-rlhf, ...) or this one with --objective sft"]
     out = [f"'{key}' must be a non-empty string (the {what} reply)"
            for key, what in (("chosen", "preferred"), ("rejected", "dispreferred"))
            if not isinstance(row.get(key), str) or not row[key].strip()]

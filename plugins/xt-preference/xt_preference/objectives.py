@@ -75,6 +75,16 @@ def dpo_options(args: dict[str, Any]) -> tuple[float, float, str]:
     return beta, float(smoothing), loss_type
 
 
+def check_dpo_options(model: Any, context: Any) -> None:
+    """``prepare_model`` of ``dpo``: refuse bad options before the run starts (the model is unchanged)."""
+    dpo_options(context.args)
+
+
+def check_orpo_options(model: Any, context: Any) -> None:
+    """``prepare_model`` of ``orpo``: refuse a bad ``beta`` before the run starts (the model is unchanged)."""
+    _positive(context.args, "beta", "orpo")
+
+
 # ------------------------------------------------------------------------------------------------ the maths
 
 

@@ -148,3 +148,24 @@ def test_padded_collator_puts_each_sequence_in_its_own_row_with_the_packed_tenso
     assert torch.equal(padded["sequence_groups"], packed["sequence_groups"])
     assert torch.equal(padded["sequence_roles"], packed["sequence_roles"])
     assert padded["sequence_groups"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_pair_problems_and_sequences():
+    from xt_preference.maps import pair_problems, pair_sequences
+
+    row = {"messages": [{"role": "user", "content": "2+2?"}], "chosen": "4", "rejected": "5"}
+    assert pair_problems(row) == []
+    assert pair_sequences(row) == [{"messages": [*row["messages"], {"role": "assistant", "content": reply}]}
+                                   for reply in ("4", "5")]
+    conversation = {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}
+    assert pair_problems(conversation) == ["the row is not a preference pair (no 'chosen' and 'rejected' replies): "
+                                           "train a preference dataset (preference-jsonl, ultrafeedback, hh-rlhf, ...) "
+                                           "or this one with --objective sft"]
+    assert pair_problems({**row, "chosen": " "}) == ["'chosen' must be a non-empty string (the preferred reply)"]
+    assert pair_problems({**row, "messages": conversation["messages"]}) == \
+        ["'messages' must be the prompt turns, ending with a user turn"]
+    assert pair_problems({**row, "rejected": "4"}) == \
+        ["'chosen' and 'rejected' are the same reply: the pair carries no preference"]
+    assert pair_problems({**row, "messages": [{"role": "bot", "content": "x"}, *row["messages"]]}) == \
+        ["message 0 has role 'bot', expected one of system, user, assistant"]
+    assert pair_problems(["x"]) == ["a pair row must be a dict, got list"]

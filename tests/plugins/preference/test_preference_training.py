@@ -163,6 +163,24 @@ def test_merge_and_export_of_a_dpo_lora_run(runs, model_dir, workdir):
     assert (expected - base).abs().max() > 1e-4  # DPO moved the adapter
 
 
+@pytest.mark.parametrize("objective,option,words", [
+    ("dpo", "objective_args.beta=-1", "objective_args.beta of 'dpo' must be a positive number"),
+    ("dpo", "objective_args.loss_type=hinge", "must be one of sigmoid, ipo"),
+    ("orpo", "objective_args.beta=0", "objective_args.beta of 'orpo' must be a positive number"),
+    ("dpo", "objective_args.gamma=1", "has no option 'gamma'"),
+])
+def test_a_bad_option_is_one_sentence_and_leaves_no_run(workdir, model_dir, objective, option, words):
+    from click.testing import CliRunner
+    from xt.cli import cli
+
+    register_test_plugin(model_dir)
+    out = workdir / f"bad-{objective}-{option.split('=')[0]}"
+    result = CliRunner().invoke(cli, ["train", "--model", MODEL, "--dataset", DATASET, "--objective", objective,
+                                      "--output", str(out), "--set", option, "--set", "max_steps=1"])
+    assert result.exit_code != 0 and words in result.output and "Traceback" not in result.output
+    assert not out.exists() and not [p for p in workdir.iterdir() if p.name.startswith(f".{out.name}")]
+
+
 @pytest.fixture(scope="module")
 def driver(workdir, model_dir):
     return write_driver(workdir, model_dir), driver_env(workdir / "driver-cache")
