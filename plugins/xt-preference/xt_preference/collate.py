@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from xt.api import IGNORE_INDEX, make_default_collator, sequence_tensors
+from xt.api import IGNORE_INDEX
 
 
 def split_sequences(row: dict[str, Any]) -> list[dict[str, list[int]]]:
@@ -30,6 +30,8 @@ def split_sequences(row: dict[str, Any]) -> list[dict[str, list[int]]]:
 
 def make_padded_collator(pad_token_id: int | None = 0, **_: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     """The collate function (``tokenizer`` and ``attn_implementation`` are not needed: rows are never packed)."""
+    from xt.api import make_default_collator, sequence_tensors  # the data package: imported when a run collates
+
     pad = make_default_collator(pad_token_id=pad_token_id, flatten=False)
 
     def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:

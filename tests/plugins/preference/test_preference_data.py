@@ -169,3 +169,14 @@ def test_pair_problems_and_sequences():
     assert pair_problems({**row, "messages": [{"role": "bot", "content": "x"}, *row["messages"]]}) == \
         ["message 0 has role 'bot', expected one of system, user, assistant"]
     assert pair_problems(["x"]) == ["a pair row must be a dict, got list"]
+
+
+def test_importing_the_plugin_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, xt_preference.plugin\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
