@@ -401,18 +401,7 @@ def _tiny_model(report: PluginReport, configs: dict[str, Any], tokenizers: dict[
     for spec in report.specs.get("models", []):
         if spec.kind == "causal-lm" and spec.name in tokenizers and _is_small_preset(spec, configs.get(spec.name)):
             return _build_preset(spec), tokenizers[spec.name], spec.default_template or "default"
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from xt.tokenizers import tiny_tokenizer
-
-    tokenizer = tiny_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config), tokenizer, "default"
+    return (*_tiny_llama(), "default")
 
 
 def _tiny_run(folder: Any, model: Any, tokenizer: Any, template: str) -> Any:
