@@ -58,6 +58,7 @@ class TrainConfig:
     # ---- train: objective, batches, optimizer, schedule, DeepSpeed, seed
     objective: str | None = None  # a registered objective (xt list objectives); None: the dataset's, else sft
     objective_args: dict[str, Any] = field(default_factory=dict)  # its options, e.g. beta for dpo
+    precompute_reference: bool = False  # reference values computed once before training, cached with the data
     micro_batch_size: int = 1
     grad_accum: int = 1
     group_by_length: bool = False
@@ -141,7 +142,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
              "train_patterns", "freeze_patterns", "dtype", "attn", "gradient_checkpointing"),
     "data": ("dataset", "data_files", "image_folder", "max_length", "pack", "length_policy", "skip_bad_rows",
              "num_proc", "data_cache_dir", "use_data_cache"),
-    "train": ("objective", "objective_args", "micro_batch_size", "grad_accum", "group_by_length", "epochs", "max_steps", "lr", "weight_decay",
+    "train": ("objective", "objective_args", "precompute_reference", "micro_batch_size", "grad_accum", "group_by_length", "epochs", "max_steps", "lr", "weight_decay",
              "warmup_ratio", "warmup_steps", "min_lr_ratio", "max_grad_norm", "adam_beta1", "adam_beta2",
              "z_loss", "zero_stage", "offload", "deepspeed_config", "seed"),
     "eval": ("eval_steps", "eval_split", "val_ratio", "eval_prompts", "eval_samples", "eval_max_new_tokens"),

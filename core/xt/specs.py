@@ -305,7 +305,11 @@ class ObjectiveSpec(Spec):
     objective's options (``--set objective_args.KEY=VALUE``) with their defaults; other keys are
     refused. ``prepare_model(model, context)`` may change the model before training (e.g. add a
     head); ``save(model, tokenizer, template, out_dir, *, adapter, context)`` replaces the core's
-    saving of ``final/``. ``sample_rows`` are mapped rows the conformance kit runs the objective on.
+    saving of ``final/``. ``precompute(reference, batch, context) -> {name: tensor (S,)}`` computes
+    per-sequence values with the reference model; with ``precompute_reference`` the core runs it once
+    over the data before training, caches the result with the data, and hands the loss
+    ``batch["reference_<name>"]`` instead of a reference model. ``sample_rows`` are mapped rows the
+    conformance kit runs the objective on.
     """
 
     loss: Callable[..., Any] | None = None
@@ -317,14 +321,17 @@ class ObjectiveSpec(Spec):
     defaults: dict[str, Any] = field(default_factory=dict)
     prepare_model: Callable[..., Any] | None = None
     save: Callable[..., Any] | None = None
+    precompute: Callable[..., Any] | None = None
     sample_rows: Sequence[dict[str, Any]] = ()
 
     def problems(self) -> list[str]:
         out = super().problems()
+        if self.precompute is not None and not self.reference:
+            out.append("precompute needs reference=True (it computes the reference model's values)")
         for attr in ("loss", "units"):
             if not callable(getattr(self, attr)):
                 out.append(f"{attr} is required and must be callable")
-        for attr in ("sequences", "row_problems", "prepare_model", "save"):
+        for attr in ("sequences", "row_problems", "prepare_model", "save", "precompute"):
             value = getattr(self, attr)
             if value is not None and not callable(value):
                 out.append(f"{attr} must be callable")

@@ -401,18 +401,7 @@ def _tiny_model(report: PluginReport, configs: dict[str, Any], tokenizers: dict[
     for spec in report.specs.get("models", []):
         if spec.kind == "causal-lm" and spec.name in tokenizers and _is_small_preset(spec, configs.get(spec.name)):
             return _build_preset(spec), tokenizers[spec.name], spec.default_template or "default"
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from xt.tokenizers import tiny_tokenizer
-
-    tokenizer = tiny_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config), tokenizer, "default"
+    return (*_tiny_llama(), "default")
 
 
 def _tiny_run(folder: Any, model: Any, tokenizer: Any, template: str) -> Any:
@@ -524,6 +513,8 @@ def _check_objectives(report: PluginReport) -> None:
         if _FAILED in results or _FAILED in units:
             continue
         _check_loss_result(report, where, results, units)
+        if spec.precompute is not None:
+            _check_precompute(report, where, spec, model, whole, context, results[0][0])
         if spec.save is not None:
             with tempfile.TemporaryDirectory() as folder:
                 if _attempt(report, where, "saving a tiny model", "save(model, tokenizer, template, out_dir, *, "
@@ -558,6 +549,35 @@ def _check_loss_result(report: PluginReport, where: str, results: list[Any], uni
             report.problems.append(f"{where}: metric '{key}' must be a finite sum over units, got "
                                    f"{float(value):.6g} for two samples and {parts[0]:.6g} + {parts[1]:.6g} alone")
     loss.backward()
+
+
+def _check_precompute(report: PluginReport, where: str, spec: Any, model: Any, batch: dict[str, Any], context: Any,
+                      live_loss: Any) -> None:
+    """Values from ``precompute`` give the loss the live reference model gives."""
+    import dataclasses
+
+    import torch
+
+    from xt.train.loss import PRECOMPUTED_PREFIX
+
+    with context.reference() as reference:
+        values = _attempt(report, where, "precomputing reference values",
+                          "precompute(reference, batch, context) -> {name: tensor (S,)}", spec.precompute,
+                          reference, batch, context)
+    if values is _FAILED:
+        return
+    sequences = int(batch["sequence_roles"].numel())
+    if not isinstance(values, dict) or not all(torch.is_tensor(v) and v.shape == (sequences,) for v in values.values()):
+        report.problems.append(f"{where}: precompute must return a dict of tensors with one value per sequence "
+                               f"({sequences} here)")
+        return
+    carried = dict(batch, **{PRECOMPUTED_PREFIX + name: v.detach().float() for name, v in values.items()})
+    loss = _attempt(report, where, "computing the loss from precomputed values", "loss(model, batch, context)",
+                    spec.loss, model, carried, dataclasses.replace(context, reference=None))
+    if loss is not _FAILED and not _additive(float(loss[0].detach()), (float(live_loss.detach()), 0.0)):
+        report.problems.append(f"{where}: the loss from precomputed values ({float(loss[0].detach()):.6g}) differs "
+                               f"from the loss with the reference model ({float(live_loss.detach()):.6g}); read "
+                               f"batch['{PRECOMPUTED_PREFIX}<name>'] when it is there")
 
 
 def _check_files(report: PluginReport) -> None:

@@ -12,8 +12,9 @@ packed batch into a single row, as transformers' ``DataCollatorWithFlattening`` 
 
 Rows of an objective whose samples hold several sequences (``sequence_lengths``, ``group_sizes``;
 see :mod:`xt.data.dataset`) become the tensors its loss reads: ``sequence_ids`` (B, T; the batch's
-sequence each token is in, -1 on padding), ``sequence_groups`` (S; the sample of each sequence) and
-``sequence_roles`` (S; its place in its sample, e.g. 0 chosen, 1 rejected).
+sequence each token is in, -1 on padding), ``sequence_groups`` (S; the sample of each sequence),
+``sequence_roles`` (S; its place in its sample, e.g. 0 chosen, 1 rejected) and ``sample_ids`` (G;
+each sample's index in the dataset).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 from xt.template import IGNORE_INDEX
 
 PADDED_KEYS = ("input_ids", "labels", "position_ids", "attention_mask")
-SEQUENCE_KEYS = ("sequence_lengths", "group_sizes")
+SEQUENCE_KEYS = ("sequence_lengths", "group_sizes", "sample_ids")
 
 
 def make_collate(spec: Any, *, tokenizer: Any, pad_token_id: int | None,
@@ -82,6 +83,7 @@ def make_default_collator(pad_token_id: int = 0, pad_to_multiple_of: int | None 
         if "sequence_lengths" in samples[0]:
             batch.update(sequence_tensors([s["sequence_lengths"] for s in samples], [s["group_sizes"] for s in samples],
                                           width, flattened=packed and flatten))
+            batch["sample_ids"] = torch.tensor([i for s in samples for i in s.get("sample_ids", [])], dtype=torch.long)
         for key in samples[0]:
             if key not in PADDED_KEYS and key not in SEQUENCE_KEYS:
                 batch[key] = [s.get(key) for s in samples]

@@ -6,7 +6,8 @@ sample_offsets[j+1]``. ``position_ids`` restart at 0 for every sample.
 
 For an objective whose samples hold several sequences (a preference pair), the stored segments are
 sequences and ``group_starts`` (1 where a sequence starts a new sample) groups them; rows then also
-carry ``sequence_lengths`` and ``group_sizes`` (sequences per sample), and a row always holds whole samples.
+carry ``sequence_lengths``, ``group_sizes`` (sequences per sample) and ``sample_ids`` (each sample's
+index among the dataset's samples, in stored order), and a row always holds whole samples.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class ProcessedDataset(Sequence):
         self.sample_offsets = arrays["sample_offsets"]
         self.row_segments = arrays["row_segments"]
         self.group_starts = arrays.get(GROUPS)  # None: every segment is a sample of its own
+        # the sample each stored sequence belongs to (grouped data only)
+        self.sample_of_sequence = None if self.group_starts is None else np.cumsum(self.group_starts) - 1
         self.images = images  # per sample, None when no sample has images
         self.stats = stats
         starts = self.sample_offsets[self.row_segments]
@@ -100,11 +103,19 @@ class ProcessedDataset(Sequence):
             flags = np.flatnonzero(np.asarray(self.group_starts[first:last]))
             sample["sequence_lengths"] = np.diff(bounds).tolist()
             sample["group_sizes"] = np.diff(np.append(flags, last - first)).tolist()
+            sample["sample_ids"] = self.sample_of_sequence[first + flags].tolist()
         if self.images is not None:
             imgs = [img for j in range(first, last) for img in (self.images[j] or [])]
             if imgs or any(self.images[j] is not None for j in range(first, last)):
                 sample["images"] = imgs
         return sample
+
+    @property
+    def sample_count(self) -> int:
+        """How many samples the dataset holds (packed rows may hold several)."""
+        if self.sample_of_sequence is not None:
+            return int(self.sample_of_sequence[-1]) + 1 if len(self.sample_of_sequence) else 0
+        return len(self.sample_offsets) - 1
 
     def num_samples(self, index: int) -> int:
         """How many samples row ``index`` packs."""

@@ -52,6 +52,7 @@ class Run:
     start_step: int = 0
     history: dict[str, Any] = field(default_factory=dict)  # tokens seen and last loss, kept in checkpoints
     heldout: list[Any] = field(default_factory=list)        # (prompt ids, reference ids) for generation eval
+    val_collate: Any = None  # validation batches, when they differ from training's (precomputed reference values)
 
     @property
     def main(self) -> bool:
@@ -257,6 +258,9 @@ def setup(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     steps_per_epoch, total_steps = count_steps(cfg, sampler, len(train_rows), world)
     engine, scheduler = build_engine(cfg, loaded, total_steps, world)
     context.reference = reference_of(objective, loaded, engine, frozen)
+    del frozen  # held by the context's reference only, so precomputing can free it
+    collate, val_collate = precomputed_collates(cfg, objective, objective_args, context, loaded, train_rows, val_rows,
+                                                collate, dist)
 
     # ---- resume
     start_step, history = 0, {}
@@ -280,7 +284,7 @@ def setup(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     run = Run(cfg=cfg, dist=dist, run_dir=run_dir, model_spec=model_spec, dataset_spec=dataset_spec,
               objective=objective, objective_context=context, template=template, loaded=loaded, train_rows=train_rows, val_rows=val_rows, collate=collate,
               sampler=sampler, engine=engine, scheduler=scheduler, total_steps=total_steps, metrics=metrics,
-              info=info, start_step=start_step, history=history)
+              info=info, start_step=start_step, history=history, val_collate=val_collate)
     if val_rows is not None and cfg.eval_samples:
         run.heldout = heldout_prompts(val_rows, cfg.eval_samples)
     if main:
@@ -317,6 +321,32 @@ def reference_of(objective: Any, loaded: Any, engine: Any, frozen: Any) -> Any:
     if frozen is not None:
         frozen.to(next(engine.module.parameters()).device)
     return reference_model(loaded.adapter, lambda: engine.module, frozen)
+
+
+def precomputed_collates(cfg: TrainConfig, objective: Any, args: dict[str, Any], context: Any, loaded: Any,
+                         train_rows: Any, val_rows: Any, collate: Any, dist: Any) -> tuple[Any, Any]:
+    """(training collate, validation collate or None): with ``precompute_reference``, batches that carry the
+    reference values computed once (:mod:`xt.train.precompute`), and the reference model released."""
+    from xt.train.precompute import attach, reference_table, table_key
+
+    if not cfg.precompute_reference:
+        return collate, None
+    if objective.precompute is None:
+        raise XtError(f"precompute_reference is set, but objective '{objective.name}' has nothing to precompute "
+                      f"(no precompute); drop it.")
+    identity = {"model": cfg.model, "source": loaded.source, "model_args": cfg.model_args,
+                "quantized": cfg.method == "qlora" or cfg.load_in_8bit, "dtype": str(loaded.dtype)}
+    tables = {}
+    for part, rows in (("train", train_rows), ("validation", val_rows)):
+        if rows is not None:
+            tables[part] = reference_table(objective, context, rows, collate, cfg.micro_batch_size, dist.device,
+                                           dist.rank, dist.world_size, f"{table_key(identity, objective, args)}-{part}")
+    context.reference = None  # every batch carries its reference values; a frozen copy is freed here
+
+    def with_table(table: Any) -> Any:
+        return lambda samples: attach(collate(samples), table)
+
+    return with_table(tables["train"]), with_table(tables["validation"]) if "validation" in tables else None
 
 
 def print_banner(run: Run, steps_per_epoch: int) -> None:
@@ -479,7 +509,8 @@ def evaluate(run: Run, step: int) -> None:
     cfg, main = run.cfg, run.main
     record: dict[str, Any] = {"step": step}
     if run.val_rows is not None and len(run.val_rows):
-        record.update(validate(run.engine.module, run.val_rows, run.collate, cfg.micro_batch_size, run.dist.device,
+        record.update(validate(run.engine.module, run.val_rows, run.val_collate or run.collate, cfg.micro_batch_size,
+                               run.dist.device,
                                run.dist.rank, run.dist.world_size, run.objective, run.objective_context))
     if cfg.eval_prompts or run.heldout:
         result = run_generation_eval(

@@ -27,8 +27,9 @@ from xt.template import IGNORE_INDEX
 
 #: non-tensor batch entries a model still takes (e.g. lists of images for multimodal models)
 MODEL_INPUT_KEYS = frozenset({"images", "pixel_values", "image_sizes"})
-#: tensor batch entries that are for the loss, not the model
-LOSS_ONLY_KEYS = frozenset({"labels", "sequence_ids", "sequence_groups", "sequence_roles"})
+#: tensor batch entries that are for the loss, not the model (and every ``reference_*`` entry)
+LOSS_ONLY_KEYS = frozenset({"labels", "sequence_ids", "sequence_groups", "sequence_roles", "sample_ids"})
+PRECOMPUTED_PREFIX = "reference_"
 
 
 def model_inputs(batch: dict[str, Any], device: Any = None) -> dict[str, Any]:
@@ -36,7 +37,8 @@ def model_inputs(batch: dict[str, Any], device: Any = None) -> dict[str, Any]:
     import torch
 
     return {k: (v.to(device) if device is not None and hasattr(v, "to") else v) for k, v in batch.items()
-            if k not in LOSS_ONLY_KEYS and (torch.is_tensor(v) or k in MODEL_INPUT_KEYS)}
+            if k not in LOSS_ONLY_KEYS and not k.startswith(PRECOMPUTED_PREFIX)
+            and (torch.is_tensor(v) or k in MODEL_INPUT_KEYS)}
 
 
 def label_tokens(batch: dict[str, Any]) -> int:

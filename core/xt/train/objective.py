@@ -46,17 +46,22 @@ def frozen_copy(model: Any) -> Any:
 def reference_model(adapter: bool, trained: Callable[[], Any] | None, frozen: Any = None) -> Callable[[], Any]:
     """A context-manager factory yielding the reference model to call under ``torch.no_grad()``.
 
-    ``adapter``: the model being trained (``trained()``, a PEFT model) with its adapter disabled;
-    else ``frozen`` (see :func:`frozen_copy`).
+    ``adapter``: the model being trained (``trained()``, a PEFT model) with its adapter disabled, in
+    eval mode; else ``frozen`` (see :func:`frozen_copy`).
     """
     @contextlib.contextmanager
     def reference() -> Iterator[Any]:
         import torch
 
-        if adapter:
+        if adapter:  # in eval mode, so dropout never makes the reference random
             model = trained()
-            with model.disable_adapter(), torch.no_grad():
-                yield model
+            was_training = model.training
+            model.eval()
+            try:
+                with model.disable_adapter(), torch.no_grad():
+                    yield model
+            finally:
+                model.train(was_training)
         else:
             with torch.no_grad():
                 yield frozen
