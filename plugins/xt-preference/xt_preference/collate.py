@@ -5,7 +5,8 @@ A dataset row holds one or more samples (``group_sizes``: sequences per sample) 
 back to back (``sequence_lengths``). Each sequence becomes one batch row, padded by the core's default
 collator (which gives it ``attention_mask``); the batch carries the same sequence tensors as a packed
 one: ``sequence_ids`` (B, T) (the row's sequence number on its tokens, -1 on padding),
-``sequence_groups`` (S,) (its sample) and ``sequence_roles`` (S,) (0 chosen, 1 rejected).
+``sequence_groups`` (S,) (its sample), ``sequence_roles`` (S,) (0 chosen, 1 rejected) and ``sample_ids``
+(G,) (each sample's index in the dataset).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def make_padded_collator(pad_token_id: int | None = 0, **_: Any) -> Callable[[li
     pad = make_default_collator(pad_token_id=pad_token_id, flatten=False)
 
     def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
         if not rows:
             raise ValueError("cannot collate an empty batch")
         sequences = [s for row in rows for s in split_sequences(row)]
@@ -42,6 +45,7 @@ def make_padded_collator(pad_token_id: int | None = 0, **_: Any) -> Callable[[li
         group_sizes = [row.get("group_sizes") or [len(row.get("sequence_lengths") or [None])] for row in rows]
         batch.update(sequence_tensors([[len(s["input_ids"])] for s in sequences], group_sizes,
                                       batch["input_ids"].size(1)))
+        batch["sample_ids"] = torch.tensor([i for row in rows for i in row.get("sample_ids", [])], dtype=torch.long)
         return batch
 
     return collate

@@ -154,14 +154,22 @@ def sequence_logps_of(output: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
     return sequence_logps(output.logits, labels, batch["sequence_ids"].to(output.logits.device), n_sequences)
 
 
-def reference_logps(batch: dict[str, Any], context: Any) -> tuple[Any, Any]:
-    """The reference model's (summed log-probs, label tokens) per sequence, without a graph."""
+def reference_values(reference: Any, batch: dict[str, Any], context: Any) -> dict[str, Any]:
+    """``precompute`` of ``dpo``: the reference model's summed log-probs per sequence (``logps``)."""
+    return {"logps": sequence_logps_of(forward(reference, batch), batch)[0]}
+
+
+def reference_logps(batch: dict[str, Any], context: Any) -> Any:
+    """The reference model's summed log-probs per sequence (S,): precomputed ones when the batch carries
+    them (``precompute_reference``), else a forward pass of ``context.reference`` without a graph."""
     import torch
 
+    if "reference_logps" in batch:
+        return batch["reference_logps"]
     if context.reference is None:
         raise XtError("the 'dpo' objective needs the core's reference model (ObjectiveSpec reference=True)")
     with torch.no_grad(), context.reference() as reference:
-        return sequence_logps_of(forward(reference, batch), batch)
+        return reference_values(reference, batch, context)["logps"]
 
 
 # -------------------------------------------------------------------------------------------- the objectives
@@ -171,8 +179,7 @@ def dpo_loss(model: Any, batch: dict[str, Any], context: Any) -> tuple[Any, dict
     """DPO (sigmoid, conservative) or IPO: the summed pair losses and metrics."""
     beta, smoothing, loss_type = dpo_options(context.args)
     logps, tokens = sequence_logps_of(forward(model, batch), batch)
-    ref_logps, _ = reference_logps(batch, context)
-    policy, reference = logps, ref_logps.to(logps.device)
+    policy, reference = logps, reference_logps(batch, context).to(logps.device, logps.dtype)
     if loss_type == "ipo":
         count = tokens.clamp(min=1).to(logps.dtype)
         policy, reference = logps / count, reference / count

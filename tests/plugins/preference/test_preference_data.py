@@ -148,6 +148,8 @@ def test_padded_collator_puts_each_sequence_in_its_own_row_with_the_packed_tenso
     assert torch.equal(padded["sequence_groups"], packed["sequence_groups"])
     assert torch.equal(padded["sequence_roles"], packed["sequence_roles"])
     assert padded["sequence_groups"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    with_ids = [dict(rows[0], sample_ids=[5, 6, 7]), dict(rows[1], sample_ids=[9])]
+    assert make_padded_collator(pad_token_id=0)(with_ids)["sample_ids"].tolist() == [5, 6, 7, 9]
 
 
 def test_pair_problems_and_sequences():

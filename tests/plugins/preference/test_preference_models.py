@@ -104,7 +104,7 @@ def test_lora_reference_is_the_base_model_without_a_second_copy():
     samples = encoded_pairs()
     batch = packed_batch([dataset_row(samples)])
     with torch.no_grad():
-        ref_logps, _ = objectives.reference_logps(batch, context({}, reference=reference))
+        ref_logps = objectives.reference_logps(batch, context({}, reference=reference))
         base_logps = torch.stack([independent_logps(base, s)[0] for sample in samples for s in sample])
         policy_logps, _ = objectives.sequence_logps_of(objectives.forward(policy, batch), batch)
     assert torch.allclose(ref_logps, base_logps, atol=1e-6, rtol=0)

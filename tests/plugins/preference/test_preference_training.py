@@ -139,6 +139,19 @@ def test_padded_collator_trains_as_the_rows_of_two_sequences(workdir, model_dir)
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
 
 
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_precomputed_reference_gives_the_live_reference_losses(workdir, model_dir, method):
+    common = dict(method=method, max_steps=3, lr=3e-3, eval_steps=3, eval_split="validation", lora_dropout=0.0)
+    live = run(workdir, f"dpo-live-{method}", model_dir, **common)
+    cached = run(workdir, f"dpo-cached-{method}", model_dir, precompute_reference=True, **common)
+    live_records, cached_records = records(live), records(cached)
+    assert len(live_records) == len(cached_records)
+    for a, b in zip(live_records, cached_records, strict=True):
+        for key in ("loss", "eval_loss", "reward_margin", "eval_reward_margin", "chosen_reward"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], abs=1e-6), key
+
+
 def test_merge_and_export_of_a_dpo_lora_run(runs, model_dir, workdir):
     from click.testing import CliRunner
     from peft import PeftModel
