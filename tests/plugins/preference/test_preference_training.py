@@ -67,11 +67,14 @@ def runs(workdir, model_dir):
         "dpo-lora": run(workdir, "dpo-lora", model_dir, method="lora", eval_steps=4, eval_split="validation"),
         "dpo-full": run(workdir, "dpo-full", model_dir, method="full", zero_stage=2, lr=3e-3),
         "orpo-full": run(workdir, "orpo-full", model_dir, method="full", objective="orpo", lr=3e-3),
+        "dpo-qlora": run(workdir, "dpo-qlora", model_dir, method="qlora", max_steps=2),
         "reward-lora": run(workdir, "reward-lora", model_dir, method="lora", objective="reward"),
+        "reward-full-z3": run(workdir, "reward-full-z3", model_dir, method="full", objective="reward", zero_stage=3,
+                              lr=3e-3),
     }
 
 
-@pytest.mark.parametrize("name", ["dpo-lora", "dpo-full"])
+@pytest.mark.parametrize("name", ["dpo-lora", "dpo-full", "dpo-qlora"])
 def test_dpo_starts_at_log_2_against_its_reference_and_logs_the_pair_metrics(runs, name):
     info = json.loads((runs[name] / "run.json").read_text())
     assert info["objective"] == "dpo" and info["status"] == "finished"
@@ -98,11 +101,12 @@ def test_orpo_trains_without_a_reference(runs):
     assert steps[-1]["loss"] < steps[0]["loss"] and "reward_accuracy" in steps[-1]
 
 
-def test_reward_run_saves_a_sequence_classifier_with_the_run_template(runs):
+@pytest.mark.parametrize("name", ["reward-lora", "reward-full-z3"])
+def test_reward_run_saves_a_sequence_classifier_with_the_run_template(runs, name):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    final = runs["reward-lora"] / "final"
-    info = json.loads((runs["reward-lora"] / "run.json").read_text())
+    final = runs[name] / "final"
+    info = json.loads((runs[name] / "run.json").read_text())
     assert info["objective"] == "reward" and info["adapter"] is False  # LoRA merged into the classifier
     model = AutoModelForSequenceClassification.from_pretrained(str(final))
     assert type(model).__name__ == "LlamaForSequenceClassification" and model.config.num_labels == 1
@@ -112,6 +116,7 @@ def test_reward_run_saves_a_sequence_classifier_with_the_run_template(runs):
                                          {"role": "assistant", "content": "Paris"}], tokenize=True, return_dict=False)
     with torch.no_grad():
         assert model(input_ids=torch.tensor([ids])).logits.shape == (1, 1)
+    assert model.score.weight.shape == (1, 32) and model.score.weight.abs().max() > 0  # the gathered, trained head
 
 
 def test_accumulation_window_equals_the_concatenated_batch(workdir, model_dir):
