@@ -182,3 +182,14 @@ def test_importing_the_plugin_imports_no_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_conformance_kit_passes_the_objectives_datasets_and_collator():
+    from xt.testing import check_plugin
+
+    report = check_plugin("xt-preference", raise_on_problems=False)
+    assert {spec.name for spec in report.specs["objectives"]} == {"dpo", "orpo", "reward"}
+    # Open in the core (noted to the lead): the kit's collator check encodes the first dataset's rows as
+    # conversations, ignoring DatasetSpec.objective, so it cannot prepare pair samples yet.
+    known = "collator 'preference-padded': preparing samples raised XtError: Invalid conversation"
+    assert [p for p in report.problems if not p.startswith(known)] == [] and report.warnings == []
