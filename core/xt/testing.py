@@ -354,6 +354,10 @@ def _sample_batch(report: PluginReport, tokenizer: Any) -> tuple[list[dict[str, 
     rows = list(datasets[0].sample_rows if datasets else _SAMPLE_ROWS)
     own = report.specs.get("templates", [])
     template = own[0] if own else _template_of(report, datasets[0].default_template if datasets else None)
+    what = f"dataset '{dataset_name}' with template '{template.name}'"
+    objective = _objective_named(report, datasets[0].objective) if datasets and datasets[0].objective else None
+    if objective is not None:  # rows of several sequences: samples as the pipeline makes them
+        return _pipeline_samples(rows, mapper, objective, template, tokenizer), f"{what} (objective '{objective.name}')"
     samples = []
     for row in rows:
         conv = mapper(row)
@@ -362,7 +366,19 @@ def _sample_batch(report: PluginReport, tokenizer: Any) -> tuple[list[dict[str, 
         if conv.get("images") is not None:
             sample["images"] = list(conv["images"])
         samples.append(sample)
-    return samples, f"dataset '{dataset_name}' with template '{template.name}'"
+    return samples, what
+
+
+def _pipeline_samples(rows: list[Any], mapper: Callable[[Any], Any], objective: Any, template: Any,
+                      tokenizer: Any) -> list[dict[str, Any]]:
+    """Rows through the real data pipeline with ``objective``: one sample (of its sequences) per row."""
+    from xt.data.pipeline import DataOptions, build_dataset
+    from xt.specs import DatasetSpec
+
+    dataset = DatasetSpec(name="kit-rows", map_row=mapper, generate=lambda split, seed: rows)
+    built = build_dataset(dataset, template, tokenizer, DataOptions(max_length=512, pack=False, use_cache=False,
+                                                                      objective=objective))
+    return [built[i] for i in range(len(built))]
 
 
 def _check_collators(report: PluginReport, tokenizers: dict[str, Any]) -> None:
@@ -462,20 +478,16 @@ def _tiny_llama() -> tuple[Any, Any]:
 def _objective_batches(report: PluginReport, spec: Any, tokenizer: Any) -> tuple[Any, Any, Any]:
     """Collated batches of the objective's sample rows (two samples; each alone), through the real pipeline."""
     from xt.data.collate import make_collate
-    from xt.data.pipeline import DataOptions, build_dataset
     from xt.plugins import get_registry
-    from xt.specs import DatasetSpec
 
     rows = list(spec.sample_rows)[:2]
-    rows = rows if len(rows) == 2 else rows * 2
-    dataset = DatasetSpec(name="kit-objective-rows", map_row=dict, generate=lambda split, seed: rows)
-    options = DataOptions(max_length=256, pack=False, use_cache=False, objective=spec)
-    built = build_dataset(dataset, get_registry().get("templates", "default"), tokenizer, options)
+    first, second = _pipeline_samples(rows if len(rows) == 2 else rows * 2, dict, spec,
+                                      get_registry().get("templates", "default"), tokenizer)
     own = {c.name: c for c in report.specs.get("collators", [])}
     collator = own.get(spec.collator) or get_registry().get("collators", spec.collator or "default")
     collate = make_collate(collator, tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id,
                            attn_implementation="sdpa")
-    return collate([built[0], built[1]]), collate([built[0]]), collate([built[1]])
+    return collate([first, second]), collate([first]), collate([second])
 
 
 def _additive(whole: float, parts: tuple[float, float]) -> bool:

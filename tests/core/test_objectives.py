@@ -246,6 +246,8 @@ def test_a_third_party_objective_is_used_by_xt_train(pairs_registered, method):
     assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert steps[0]["ref_gap"] == pytest.approx(0.0, abs=1e-5) and steps[0]["one"] == pytest.approx(1.0)
     assert steps[-1]["ref_gap"] > 1e-4  # the policy moved away from the reference, which did not move
+    # one micro-batch holds all 6 pairs: the step's tokens are the data's tokens, padding not counted
+    assert all(r["tokens"] == _build(pair_rows(), max_length=64, pack=False).stats["tokens"] for r in steps)
     evals = [r for r in records if "eval_loss" in r]
     assert evals and 0.0 <= evals[-1]["eval_wins"] <= 1.0 and evals[-1]["eval_one"] == pytest.approx(1.0)
 

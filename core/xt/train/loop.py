@@ -21,6 +21,7 @@ from xt.config import TrainConfig
 from xt.errors import XtError
 
 VAL_SPLITS = ("validation", "test")
+REAL_TOKENS = "xt_real_tokens"  # tokens of the rows a micro-batch was collated from (padding excluded)
 
 
 class NonFiniteLossError(XtError):
@@ -419,7 +420,10 @@ def micro_batches(run: Run) -> Any:
     """Collated micro-batches, epoch after epoch, in the sampler's (resumable) order."""
     while True:
         for indices in run.sampler:
-            yield run.collate([run.train_rows[i] for i in indices])
+            rows = [run.train_rows[i] for i in indices]
+            batch = run.collate(rows)
+            batch[REAL_TOKENS] = sum(len(row["input_ids"]) for row in rows)  # packed batches have no mask to count
+            yield batch
 
 
 def optimizer_step(run: Run, batches: Any, step: int) -> dict[str, Any]:
@@ -496,6 +500,8 @@ def _to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
 
 
 def _real_tokens(batch: dict[str, Any]) -> int:
+    if REAL_TOKENS in batch:
+        return int(batch[REAL_TOKENS])
     mask = batch.get("attention_mask")
     return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
 
