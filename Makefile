@@ -10,7 +10,7 @@ STAMP := $(VENV)/.xt-setup
 # DeepSpeed JIT-compiles a CPU comm op on first use; keep the build between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: setup test test-fast demo lint clean gpu-check
+.PHONY: setup test test-fast demo demo-preference lint clean gpu-check
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ demo: setup
 	$(BIN)/xt train $(DEMO_CONFIG) --model baichuan2-tiny --dataset alpaca-demo --output runs/demo --overwrite
 	@prompt="$$($(BIN)/python -m xt_alpaca.demo_prompt)" && echo "held-out prompt: $$prompt" && \
 	  reply="$$($(BIN)/xt chat runs/demo --prompt "$$prompt")" && echo "reply: $$reply"
+
+# The offline preference demo (docs/plugins/preference.md): DPO on the generated preference-demo pairs,
+# held-out reward accuracy printed at the end of each epoch.
+demo-preference: setup
+	$(BIN)/xt train plugins/xt-preference/xt_preference/configs/demo.yaml --output runs/preference-demo --overwrite
 
 # The GPU check (bench/gpu.py): on an accelerator image with its own CUDA torch and transformers, install
 # xt and the plugins without touching those (--no-deps, no build isolation: no network needed), then
