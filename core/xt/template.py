@@ -107,8 +107,9 @@ class ChatTemplate:
             _emit(items, self._entries["final_sep"], False, "")
         return items
 
-    def _plan(self, layouts: list[list[tuple[Any, bool]]]) -> Plan:
-        """Layouts as segments numbering their sources; a repeated run or ids tuple is one source."""
+    def _plan(self, layouts: Iterable[list[tuple[Any, bool]]]) -> Plan:
+        """Layouts (one at a time: no container per item outlives its conversation) as segments numbering
+        their sources; a repeated run or ids tuple is one source."""
         numbers: dict[Any, int] = {}  # repeated runs (system prompts, duplicate rows) tokenized once
         sources: list[Any] = []
         segments: list[int] = []
@@ -172,7 +173,7 @@ class ChatTemplate:
 
     def encode_batch(self, conversations: Sequence[dict[str, Any]]) -> list[dict[str, list[int]]]:
         """Validated conversations -> ``[{"input_ids", "labels"}]``, tokenizing distinct runs in one call."""
-        plan = self._plan([self._items(c["messages"], False) for c in conversations])
+        plan = self._plan(self._items(c["messages"], False) for c in conversations)
         return [{"input_ids": ids, "labels": labels} for ids, labels in self._sample_lists(plan)]
 
     def encode_arrays(self, conversations: Sequence[dict[str, Any]]) -> tuple[Any, Any, Any]:
@@ -185,7 +186,7 @@ class ChatTemplate:
 
         from xt.data.process import gather_index
 
-        plan = self._plan([self._items(c["messages"], False) for c in conversations])
+        plan = self._plan(self._items(c["messages"], False) for c in conversations)
         sizes, skips, sequences = self._resolve(plan.sources)
         store = np.fromiter(chain.from_iterable(sequences), dtype=np.int32, count=sum(sizes))
         size, skip = np.asarray(sizes, dtype=np.int64), np.asarray(skips, dtype=np.int64)
