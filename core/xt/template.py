@@ -179,8 +179,8 @@ class ChatTemplate:
     def encode_arrays(self, conversations: Sequence[dict[str, Any]]) -> tuple[Any, Any, Any]:
         """Like :meth:`encode_batch`, as flat int32 ``input_ids`` and ``labels`` plus int64 sample lengths.
 
-        All distinct sources go into one flat array (straight from the tokenizer's output, no list per
-        run); the samples are one gather from it.
+        The ids of all distinct sources are read once from the tokenizer's output into one flat array
+        (no slice or array per run); the samples are one gather from it.
         """
         import numpy as np
 
