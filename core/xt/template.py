@@ -108,8 +108,10 @@ class ChatTemplate:
         return items
 
     def _plan(self, layouts: Iterable[list[tuple[Any, bool]]]) -> Plan:
-        """Layouts (one at a time: no container per item outlives its conversation) as segments numbering
-        their sources; a repeated run or ids tuple is one source."""
+        """Layouts as segments numbering their sources; a repeated run or ids tuple is one source.
+
+        Layouts are read one at a time, so no container per item outlives its conversation.
+        """
         numbers: dict[Any, int] = {}  # repeated runs (system prompts, duplicate rows) tokenized once
         sources: list[Any] = []
         segments: list[int] = []
