@@ -23,8 +23,9 @@ the reply and carry loss.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 from xt.errors import XtError
@@ -106,33 +107,62 @@ class ChatTemplate:
             _emit(items, self._entries["final_sep"], False, "")
         return items
 
-    def _encode_items(self, layouts: list[list[tuple[Any, bool]]]) -> tuple[list[list[tuple[Any, bool]]], list[list[int]]]:
-        """Layouts with each text run replaced by the index of its ids in the returned list."""
-        keys: dict[tuple[str, bool], int] = {}  # repeated runs (system prompts, duplicate rows) tokenized once
-        texts: list[tuple[str, bool]] = []
-        plans = []
-        for items in layouts:
-            plan = []
-            for k, (item, loss) in enumerate(items):
-                if isinstance(item, str):
-                    key = (item, k == 0)  # a run at offset 0 is tokenized as the start of a string
-                    index = keys.get(key)
-                    if index is None:
-                        index = keys[key] = len(texts)
-                        texts.append(key)
-                    item = index
-                plan.append((item, loss))
-            plans.append(plan)
-        return plans, self._tokenize(texts)
+    def _plan(self, layouts: Iterable[list[tuple[Any, bool]]]) -> Plan:
+        """Layouts as segments numbering their sources; a repeated run or ids tuple is one source.
 
-    def _tokenize(self, texts: list[tuple[str, bool]]) -> list[list[int]]:
-        """Ids of each run: at the start of a string, or as it continues after a split point."""
-        anchor = self._anchor
-        if anchor is None:
-            return batch_tokenize(self.tokenizer, [text for text, _ in texts])
-        marker, n = anchor
-        encoded = batch_tokenize(self.tokenizer, [text if first else marker + text for text, first in texts])
-        return [ids if first else ids[n:] for ids, (_, first) in zip(encoded, texts)]
+        Layouts are read one at a time, so no container per item outlives its conversation.
+        """
+        numbers: dict[Any, int] = {}  # repeated runs (system prompts, duplicate rows) tokenized once
+        sources: list[Any] = []
+        segments: list[int] = []
+        losses: list[bool] = []
+        counts: list[int] = []
+        for items in layouts:
+            counts.append(len(items))
+            for k, (item, loss) in enumerate(items):
+                key = (item, True) if k == 0 and isinstance(item, str) else item  # a run at offset 0 starts a string
+                number = numbers.get(key)
+                if number is None:
+                    number = numbers[key] = len(sources)
+                    sources.append(key)
+                segments.append(number)
+                losses.append(loss)
+        return Plan(sources, segments, losses, counts)
+
+    def _resolve(self, sources: list[Any]) -> tuple[list[int], list[int], Iterator[Sequence[int]]]:
+        """Per source, in order: how many ids the tokenizer gave, how many lead them (the anchor), the ids.
+
+        A text run after a split point is tokenized behind the continuation anchor; a run at the start
+        of a string as it is; an ids tuple is its own ids. The ids come lazily, one sequence per source.
+        """
+        marker, lead = self._anchor or ("", 0)
+        texts = [(marker + key) if isinstance(key, str) else key[0] for key in sources if _is_text(key)]
+        text_sizes, token_lists = _token_lists(self.tokenizer, texts)
+        sizes_left = iter(text_sizes)
+        sizes = [next(sizes_left) if _is_text(key) else len(key) for key in sources]
+        skips = [lead if isinstance(key, str) else 0 for key in sources]
+        return sizes, skips, _in_source_order(sources, token_lists)
+
+    def _source_lists(self, sources: list[Any]) -> list[list[int]]:
+        """The ids of each source as a list."""
+        _, skips, sequences = self._resolve(sources)
+        return [list(ids)[skip:] for ids, skip in zip(sequences, skips)]
+
+    def _sample_lists(self, plan: Plan) -> list[tuple[list[int], list[int]]]:
+        """``(input_ids, labels)`` of each planned sample, as lists."""
+        ids_of = self._source_lists(plan.sources)
+        out = []
+        at = 0
+        for count in plan.counts:
+            input_ids: list[int] = []
+            labels: list[int] = []
+            for number, loss in zip(plan.segments[at:at + count], plan.losses[at:at + count]):
+                ids = ids_of[number]
+                input_ids.extend(ids)
+                labels.extend(ids if loss else [IGNORE_INDEX] * len(ids))
+            out.append((input_ids, labels))
+            at += count
+        return out
 
     # -- encoding -----------------------------------------------------------------------------
 
@@ -145,51 +175,32 @@ class ChatTemplate:
 
     def encode_batch(self, conversations: Sequence[dict[str, Any]]) -> list[dict[str, list[int]]]:
         """Validated conversations -> ``[{"input_ids", "labels"}]``, tokenizing distinct runs in one call."""
-        plans, encoded = self._encode_items([self._items(c["messages"], False) for c in conversations])
-        out = []
-        for plan in plans:
-            input_ids: list[int] = []
-            labels: list[int] = []
-            for item, loss in plan:
-                ids = encoded[item] if isinstance(item, int) else item
-                input_ids.extend(ids)
-                labels.extend(ids if loss else [IGNORE_INDEX] * len(ids))
-            out.append({"input_ids": input_ids, "labels": labels})
-        return out
+        plan = self._plan(self._items(c["messages"], False) for c in conversations)
+        return [{"input_ids": ids, "labels": labels} for ids, labels in self._sample_lists(plan)]
 
     def encode_arrays(self, conversations: Sequence[dict[str, Any]]) -> tuple[Any, Any, Any]:
         """Like :meth:`encode_batch`, as flat int32 ``input_ids`` and ``labels`` plus int64 sample lengths.
 
-        Each distinct run becomes one numpy array; samples are concatenations of those arrays.
+        The ids of all distinct sources are read once from the tokenizer's output into one flat array
+        (no slice or array per run); the samples are one gather from it.
         """
         import numpy as np
 
-        plans, encoded = self._encode_items([self._items(c["messages"], False) for c in conversations])
-        arrays = [np.asarray(ids, dtype=np.int32) for ids in encoded]
-        constants: dict[tuple[int, ...], Any] = {}
-        ignore = np.full(1024, IGNORE_INDEX, dtype=np.int32)
-        id_parts: list[Any] = []
-        label_parts: list[Any] = []
-        lengths = np.zeros(len(plans), dtype=np.int64)
-        for k, plan in enumerate(plans):
-            total = 0
-            for item, loss in plan:
-                if isinstance(item, int):
-                    array = arrays[item]
-                else:
-                    array = constants.get(item)
-                    if array is None:
-                        array = constants[item] = np.asarray(item, dtype=np.int32)
-                n = len(array)
-                if n > len(ignore):
-                    ignore = np.full(2 * n, IGNORE_INDEX, dtype=np.int32)
-                id_parts.append(array)
-                label_parts.append(array if loss else ignore[:n])
-                total += n
-            lengths[k] = total
-        if not id_parts:
-            return np.zeros(0, np.int32), np.zeros(0, np.int32), lengths
-        return np.concatenate(id_parts), np.concatenate(label_parts), lengths
+        from xt.data.process import gather_index
+
+        plan = self._plan(self._items(c["messages"], False) for c in conversations)
+        sizes, skips, sequences = self._resolve(plan.sources)
+        store = np.fromiter(chain.from_iterable(sequences), dtype=np.int32, count=sum(sizes))
+        size, skip = np.asarray(sizes, dtype=np.int64), np.asarray(skips, dtype=np.int64)
+        source_start, source_length = np.cumsum(size) - size + skip, size - skip
+        segments = np.asarray(plan.segments, dtype=np.int64)
+        segment_lengths = source_length[segments]
+        ids = store[gather_index(source_start[segments], segment_lengths)]
+        loss = np.repeat(np.asarray(plan.losses, dtype=bool), segment_lengths)
+        labels = np.where(loss, ids, np.int32(IGNORE_INDEX)).astype(np.int32, copy=False)
+        counts = np.asarray(plan.counts, dtype=np.int64)
+        ends = np.concatenate(([0], np.cumsum(segment_lengths)))[np.cumsum(counts)]
+        return ids, labels, np.diff(ends, prepend=0)
 
     def encode_prompt(self, messages: Sequence[dict[str, Any]]) -> list[int]:
         """Messages whose last one is from the user -> ids of the prompt the reply continues.
@@ -199,8 +210,7 @@ class ChatTemplate:
         turns = [m for m in messages if m.get("role") != SYSTEM]
         if not turns or turns[-1].get("role") != "user":
             raise XtError("A prompt must end with a user message.")
-        plans, encoded = self._encode_items([self._items(list(messages), True)])
-        return [i for item, _ in plans[0] for i in (encoded[item] if isinstance(item, int) else item)]
+        return self._sample_lists(self._plan([self._items(list(messages), True)]))[0][0]
 
     def stop_token_ids(self) -> list[int]:
         """Token ids that end a reply: ``end`` when it is one token, plus EOS.
@@ -210,7 +220,7 @@ class ChatTemplate:
         ids: list[int] = []
         if len(self.end) == 1 and self.end[0].slot is None:
             piece = self.end[0]
-            end_ids = list(piece.ids) if piece.is_ids else self._tokenize([(piece.text, False)])[0]
+            end_ids = list(piece.ids) if piece.is_ids else self._source_lists([piece.text])[0]
             if len(end_ids) == 1:
                 ids.append(int(end_ids[0]))
         eos = self.tokenizer.eos_token_id
@@ -275,6 +285,31 @@ class ChatTemplate:
                 f"its text {token!r}, so no Jinja chat template can reproduce it; use a tokenizer where that id "
                 f"is a special token (for example the model family's own tokenizer).")
         return token
+
+
+@dataclass
+class Plan:
+    """Samples as segments: each is the number of its source and whether it carries loss.
+
+    A source is a text run after a split point (``str``), a text run at the start of a string
+    (``(str, True)``) or constant ids (a tuple of ints); ``counts`` holds each sample's segments.
+    """
+
+    sources: list[Any]
+    segments: list[int]
+    losses: list[bool]
+    counts: list[int]
+
+
+def _is_text(source: Any) -> bool:
+    return isinstance(source, str) or isinstance(source[0], str)
+
+
+def _in_source_order(sources: list[Any], token_lists: Iterable[Sequence[int]]) -> Iterator[Sequence[int]]:
+    """The ids of every source, taking the text runs' ids from ``token_lists`` in turn."""
+    tokenized = iter(token_lists)
+    for source in sources:
+        yield next(tokenized) if _is_text(source) else source
 
 
 def _entries(pieces: Sequence[Piece]) -> tuple[Any, ...]:
@@ -393,15 +428,27 @@ _compiled: dict[tuple[int, int], tuple[TemplateSpec, Any, ChatTemplate]] = {}
 
 def batch_tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     """Token ids of each text without special tokens, as ``tokenizer.encode(t, add_special_tokens=False)``."""
+    return [list(ids) for ids in _token_lists(tokenizer, texts)[1]]
+
+
+def _token_lists(tokenizer: Any, texts: list[str]) -> tuple[list[int], Iterable[Sequence[int]]]:
+    """How many ids each text gives and, lazily, those ids: one batched call, no special tokens added.
+
+    A fast tokenizer's own batch call (multi-threaded in Rust, no offsets) when the backend adds
+    nothing (no truncation, padding or special-token splitting the wrapper would not do); each
+    encoding's ids become a list only when read.
+    """
     if not texts:
-        return []
+        return [], []
     backend = getattr(tokenizer, "_tokenizer", None)
     if (backend is not None and hasattr(backend, "encode_batch") and backend.truncation is None
             and backend.padding is None
             and bool(getattr(backend, "encode_special_tokens", False)) == bool(getattr(tokenizer, "split_special_tokens", False))):
         fast = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
-        return [enc.ids for enc in fast(texts, add_special_tokens=False)]
+        encodings = fast(texts, add_special_tokens=False)
+        return [len(enc) for enc in encodings], (enc.ids for enc in encodings)
     try:
-        return list(tokenizer(texts, add_special_tokens=False, truncation=False, padding=False)["input_ids"])
+        lists = list(tokenizer(texts, add_special_tokens=False, truncation=False, padding=False)["input_ids"])
     except Exception:
-        return [list(tokenizer.encode(t, add_special_tokens=False)) for t in texts]
+        lists = [list(tokenizer.encode(t, add_special_tokens=False)) for t in texts]
+    return [len(ids) for ids in lists], lists
