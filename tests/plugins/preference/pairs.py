@@ -3,6 +3,8 @@ independent per-sequence log-probs every reference implementation starts from.""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from typing import Any
 
 import torch
@@ -31,6 +33,24 @@ def tiny_llama(seed: int = 0, vocab_size: int | None = None) -> Any:
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=256, pad_token_id=0)
     return LlamaForCausalLM._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+
+
+def perturbed(model: Any, seed: int = 1, scale: float = 0.05) -> Any:
+    """A trainable copy of ``model`` moved away from it (so policy and reference differ)."""
+    other = copy.deepcopy(model).requires_grad_(True)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=generator))
+    return other
+
+
+def frozen_reference(reference: Any) -> Any:
+    """A ``context.reference`` factory that yields ``reference`` as it is."""
+    @contextlib.contextmanager
+    def enter() -> Any:
+        yield reference
+    return enter
 
 
 def encoded_pairs(pairs: tuple = PAIRS, template: str = "default") -> list[list[dict[str, list[int]]]]:

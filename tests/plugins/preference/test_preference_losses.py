@@ -1,15 +1,13 @@
 """DPO (sigmoid, conservative, IPO), ORPO and reward losses, metrics and gradients on a tiny real Llama, against
 independent implementations written here from the papers' formulas (tolerance 1e-5), and TRL's ORPO functions.
 
-TRL 1.16's DPO and reward losses are computed inside ``DPOTrainer._compute_loss`` / ``RewardTrainer.compute_loss``
-(a trainer instance, its collator and its patched model outputs), so they are not compared here; TRL's ORPO
-``odds_ratio_loss`` and ``get_batch_logps`` are plain functions of tensors and are.
+TRL's ORPO ``odds_ratio_loss`` and ``get_batch_logps`` are plain functions of tensors and are compared here; TRL
+1.16 computes its DPO and reward losses inside its trainers, so test_preference_trl.py compares those through real
+``DPOTrainer`` / ``RewardTrainer`` instances.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import math
 from types import SimpleNamespace
 
@@ -22,30 +20,15 @@ from tests.plugins.preference.pairs import (
     context,
     dataset_row,
     encoded_pairs,
+    frozen_reference,
     independent_logps,
     packed_batch,
+    perturbed,
     tiny_llama,
 )
 
 TOL = 1e-5
 
-
-
-def _perturbed(model, seed=1, scale=0.05):
-    """A copy of ``model`` moved away from it (so policy and reference differ)."""
-    other = copy.deepcopy(model).requires_grad_(True)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in other.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=generator))
-    return other
-
-
-def _frozen_reference(reference):
-    @contextlib.contextmanager
-    def enter():
-        yield reference
-    return enter
 
 
 def _batch(samples):
@@ -109,10 +92,10 @@ def _paper_dpo(pair, ref_pair, beta, smoothing, loss_type):
 def test_dpo_loss_metrics_and_gradients_equal_the_paper_formula(beta, smoothing, loss_type):
     reference = tiny_llama()
     reference.requires_grad_(False)
-    policy = _perturbed(reference)
+    policy = perturbed(reference)
     samples = encoded_pairs()
     ctx = context({"beta": beta, "label_smoothing": smoothing, "loss_type": loss_type},
-                      reference=_frozen_reference(reference))
+                      reference=frozen_reference(reference))
     loss, metrics = objectives.dpo_loss(policy, _batch(samples), ctx)
 
     with torch.no_grad():
@@ -144,7 +127,7 @@ def test_orpo_loss_and_gradients_equal_the_paper_formula_and_trl():
     from trl.experimental.orpo.orpo_trainer import ORPOTrainer
 
     beta = 0.25
-    model = _perturbed(tiny_llama())
+    model = perturbed(tiny_llama())
     samples = encoded_pairs()
     loss, metrics = objectives.orpo_loss(model, _batch(samples), context({"beta": beta}))
     pairs = _pair_logps(model, samples)
@@ -196,12 +179,12 @@ def test_reward_loss_and_gradients_equal_bradley_terry():
 @pytest.mark.parametrize("objective", ["dpo", "orpo", "reward"])
 def test_loss_sums_are_additive_over_pairs(objective):
     reference = tiny_llama()
-    policy = _perturbed(reference)
+    policy = perturbed(reference)
     if objective == "reward":
         add_score_head(policy, context({}))
     args = {"dpo": {"beta": 0.1, "label_smoothing": 0.0, "loss_type": "sigmoid"}, "orpo": {"beta": 0.1},
             "reward": {}}[objective]
-    ctx = context(args, reference=_frozen_reference(reference))
+    ctx = context(args, reference=frozen_reference(reference))
     loss_fn = getattr(objectives, f"{objective}_loss")
     samples = encoded_pairs()
     with torch.no_grad():
