@@ -11,9 +11,8 @@ full fine-tuning, packed rows of 512 tokens (DPO/ORPO: ``max_length`` 256 per se
 holding up to 512; SFT: ``max_length`` 512), 2 rows per step.
 
 Timing is bench/train.py's: each run in a fresh single-threaded process, CPU seconds of the steps
-after ``--warmup`` (the loop's ``cpu_s``), tokens as the loop's ``tokens`` counts them (packed rows carry
-no attention mask, so every position of a row counts, its tail padding included; both kinds of rows
-are filled to about the same degree by the packer); the objectives are
+after ``--warmup`` (the loop's ``cpu_s``), tokens as the loop's ``tokens`` counts them (the tokens of
+the rows each micro-batch was collated from, padding excluded); the objectives are
 run in interleaved rounds and every ratio is taken within a round, reported as median (min-max).
 """
 

@@ -69,6 +69,8 @@ def map_conversation_row(row: dict[str, Any]) -> dict[str, Any]:
             raise RowError(f"message {i} has unknown role {m[role_key]!r}")
         text, _ = _text_of_content(m[text_key], f"message {i}")
         messages.append({"role": role, "content": text})
+        if "weight" in m:  # OpenAI fine-tuning format: weight 0 keeps a reply as context, without loss
+            messages[-1]["weight"] = m["weight"]
     if messages[-1]["role"] != "assistant" and not any(m["role"] == "assistant" for m in messages):
         raise RowError("no assistant reply")
     for i, m in enumerate(messages):

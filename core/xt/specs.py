@@ -416,9 +416,11 @@ def conversation_problems(conv: Any) -> list[str]:
             out.append(f"message {i} content must be a string")
         elif m.get("role") == "assistant" and not m["content"].strip():
             out.append(f"message {i} is an empty assistant reply")
+        if "weight" in m and (m.get("role") != "assistant" or m["weight"] not in (0, 1)):
+            out.append(f"message {i}: 'weight' must be 0 or 1 and only on an assistant reply")
         if m.get("role") == "system" and i != 0:
             out.append(f"message {i}: a system message may only come first")
-    if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in msgs):
+    if not any(isinstance(m, dict) and m.get("role") == "assistant" and m.get("weight", 1) != 0 for m in msgs):
         out.append("no assistant reply to learn from")
     if "images" in conv and not isinstance(conv["images"], list):
         out.append("'images' must be a list")

@@ -96,9 +96,10 @@ class ChatTemplate:
             if message["role"] == "user":
                 _emit(items, user, False, message["content"])
                 continue
+            trains = message.get("weight", 1) != 0  # weight 0: a reply kept as context, without loss
             _emit(items, head, False, "")
-            _emit(items, reply, True, message["content"])
-            _emit(items, end, True, "")
+            _emit(items, reply, trains, message["content"])
+            _emit(items, end, trains, "")
             if i != last - 1:
                 _emit(items, sep, False, "")
         if generation_prompt:

@@ -47,3 +47,36 @@ def test_a_text_at_the_start_and_after_a_split_point_tokenizes_both_ways(sp_toke
     assert ids.tolist() == sample * 2
     assert labels.tolist() == ([IGNORE_INDEX] * len(first) + after + [eos]) * 2
     assert lengths.tolist() == [len(sample)] * 2
+
+
+@pytest.mark.parametrize("tok_name", TOKENIZERS)
+def test_a_reply_of_weight_zero_is_context_without_loss(tok_name, request):
+    """OpenAI-style ``weight: 0`` on an assistant message: its tokens stay, its labels go (every path alike)."""
+    from xt.specs import conversation_problems
+
+    compiled = get_registry().get("templates", "default").compile(request.getfixturevalue(tok_name))
+    turns = [{"role": "user", "content": "One?"}, {"role": "assistant", "content": "Uno."},
+             {"role": "user", "content": "Two?"}, {"role": "assistant", "content": "Dos."}]
+    weighted = [*turns[:1], dict(turns[1], weight=0), *turns[2:]]
+    full, context = compiled.encode({"messages": turns}), compiled.encode({"messages": weighted})
+    ids, labels, _ = compiled.encode_arrays([{"messages": weighted}])
+    assert ids.tolist() == context["input_ids"] and labels.tolist() == context["labels"]
+    first_reply = compiled.encode({"messages": turns[:2]})
+    labelled = [i for i, label in enumerate(first_reply["labels"]) if label != IGNORE_INDEX]
+    assert labelled and all(context["labels"][i] == IGNORE_INDEX for i in labelled)  # the first reply: no loss
+    last = [t for t, label in zip(full["input_ids"], full["labels"]) if label != IGNORE_INDEX][-3:]
+    assert [t for t, label in zip(context["input_ids"], context["labels"]) if label != IGNORE_INDEX][-3:] == last
+    assert conversation_problems({"messages": weighted}) == []
+    assert conversation_problems({"messages": [turns[0], dict(turns[1], weight=0)]}) == ["no assistant reply to learn from"]
+    assert conversation_problems({"messages": [dict(turns[0], weight=0), turns[1]]}) \
+        == ["message 0: 'weight' must be 0 or 1 and only on an assistant reply"]
+
+
+def test_the_conversation_format_keeps_openai_weights():
+    from xt.builtins import map_conversation_row
+    from xt.specs import conversation_problems
+
+    row = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey", "weight": 0},
+                        {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Ciao", "weight": 1}]}
+    conv = map_conversation_row(row)
+    assert [m.get("weight") for m in conv["messages"]] == [None, 0, None, 1] and conversation_problems(conv) == []

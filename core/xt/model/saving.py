@@ -59,10 +59,16 @@ def write_tokenizer_files(out: Path, tokenizer: Any, template: TemplateSpec, bas
 
     template = template.for_tokenizer(tokenizer)
     try:
-        tokenizer.chat_template = template.compile(tokenizer).jinja()
+        jinja = template.compile(tokenizer).jinja()
     except XtError as exc:  # e.g. literal ids that are not special tokens here: the result stays usable
         print(f"warning: no chat_template saved: {exc}", file=sys.stderr)
-    tokenizer.save_pretrained(str(out))
+        jinja = None
+    own = tokenizer.chat_template  # the caller's tokenizer keeps its own template
+    tokenizer.chat_template = jinja
+    try:
+        tokenizer.save_pretrained(str(out))
+    finally:
+        tokenizer.chat_template = own
     stop_ids = template.stop_token_ids(tokenizer)
     gen = GenerationConfig.from_dict(base_generation_config.to_dict()) if base_generation_config is not None \
         else GenerationConfig()

@@ -41,9 +41,14 @@ def _string(row: dict[str, Any], key: str, *, required: bool, what: str) -> str:
 
 
 def pair_sequences(row: dict[str, Any]) -> list[dict[str, Any]]:
-    """The two conversations a pair row becomes: prompt + chosen reply, then prompt + rejected reply."""
+    """The two conversations a pair row becomes: prompt + chosen reply, then prompt + rejected reply.
+
+    Earlier assistant turns of a multi-turn prompt are context only (``weight`` 0): the log-probs the
+    objectives compare cover the final reply alone.
+    """
     extra = {"images": row["images"]} if "images" in row else {}
-    return [{"messages": [*row["messages"], {"role": "assistant", "content": row[key]}], **extra}
+    prompt = [dict(m, weight=0) if m.get("role") == "assistant" else m for m in row["messages"]]
+    return [{"messages": [*prompt, {"role": "assistant", "content": row[key]}], **extra}
             for key in ("chosen", "rejected")]
 
 

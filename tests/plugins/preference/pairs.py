@@ -12,6 +12,7 @@ from xt.api import ObjectiveContext, make_default_collator
 from xt.plugins import get_registry
 from xt.template import IGNORE_INDEX
 from xt.tokenizers import tiny_tokenizer
+from xt_preference.maps import pair_sequences
 
 PAIRS = (
     ({"messages": [{"role": "user", "content": "What is the capital of France?"}]}, "Paris", "green"),
@@ -54,13 +55,13 @@ def frozen_reference(reference: Any) -> Any:
 
 
 def encoded_pairs(pairs: tuple = PAIRS, template: str = "default") -> list[list[dict[str, list[int]]]]:
-    """Each pair -> [chosen sequence, rejected sequence], encoded with ``template`` (first label masked)."""
+    """Each pair -> [chosen sequence, rejected sequence] as the plugin makes them (``pair_sequences``), encoded
+    with ``template`` (first label masked)."""
     tokenizer, spec = tiny_tokenizer(), get_registry().get("templates", template)
     out = []
     for prompt, chosen, rejected in pairs:
         sample = []
-        for reply in (chosen, rejected):
-            conversation = {"messages": prompt["messages"] + [{"role": "assistant", "content": reply}]}
+        for conversation in pair_sequences({"messages": prompt["messages"], "chosen": chosen, "rejected": rejected}):
             encoded = spec.encode(conversation, tokenizer)
             sample.append({"input_ids": list(encoded["input_ids"]),
                            "labels": [IGNORE_INDEX] + list(encoded["labels"][1:])})

@@ -13,10 +13,8 @@ Settings that differ between the two:
 - TRL's ``sigmoid`` loss ignores ``label_smoothing``; TRL writes the conservative-DPO expression
   ``-(1 - eps) log σ(β h) - eps log σ(-β h)`` in its ``aot`` loss, which sorts the batch's margins first and so
   is that expression exactly on a batch of one pair: xt's label smoothing is compared pair by pair through it.
-- xt labels every assistant turn of a sequence, so a multi-turn prompt's earlier assistant replies count in xt's
-  per-token averages (IPO) while TRL's count only the final reply: the IPO comparison holds on single-turn
-  prompts, and the multi-turn case is an expected failure. In sigmoid DPO the prompt's tokens cancel (they are
-  the same in both sequences of a pair), so it is compared on all pairs.
+- A multi-turn prompt's earlier assistant replies carry no loss in xt's pair sequences (``weight`` 0), so, as in
+  TRL, only the final reply counts in the log-probs: IPO is compared on a multi-turn prompt too.
 """
 
 from __future__ import annotations
@@ -164,9 +162,8 @@ def test_conservative_dpo_equals_trl_pair_by_pair(tmp_path):
                       "sigmoid without smoothing")
 
 
-@pytest.mark.xfail(strict=True, reason="xt labels the earlier assistant turns of a multi-turn prompt, so they count "
-                                       "in its IPO per-token averages; TRL counts the final reply only")
 def test_ipo_on_a_multi_turn_prompt_equals_trl(tmp_path):
+    """The prompt's earlier assistant turn is context only (weight 0), as in TRL: IPO's averages agree."""
     policy, reference = _models()
     samples = encoded_pairs()[SINGLE_TURN:]
     trainer = _dpo_trainer(tmp_path, policy, reference, beta=0.3, loss_type=["ipo"])
