@@ -187,7 +187,7 @@ class ChatTemplate:
         """
         import numpy as np
 
-        from xt.data.process import gather_index
+        from xt.arrays import gather_index
 
         plan = self._plan(self._items(c["messages"], False) for c in conversations)
         sizes, skips, sequences = self._resolve(plan.sources)

@@ -48,7 +48,7 @@ class ProcessedDataset(Sequence):
         With ``group_sizes`` the stored segments are sequences, ``group_sizes`` consecutive ones per
         sample, and ``rows`` lists sequence indices (whole samples).
         """
-        from xt.data.process import gather_index
+        from xt.arrays import gather_index
 
         lengths = np.asarray(lengths, dtype=np.int64)
         starts = np.cumsum(lengths) - lengths

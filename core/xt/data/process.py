@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from xt.arrays import gather_index
 from xt.errors import PluginError, XtError, describe_spec
 from xt.specs import DatasetSpec, ObjectiveSpec, RowError, RunContext, TemplateSpec, conversation_problems
 from xt.template import IGNORE_INDEX
@@ -139,18 +140,6 @@ def apply_length_policy(sample: dict[str, Any], max_length: int, policy: str) ->
         return None, "no_labels"
     out = dict(sample, input_ids=ids, labels=labels)
     return out, status
-
-
-def gather_index(starts: Any, lengths: Any) -> Any:
-    """Indices that concatenate the segments ``[starts[i], starts[i] + lengths[i])`` (numpy, vectorized)."""
-    import numpy as np
-
-    lengths = np.asarray(lengths, dtype=np.int64)
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    first = np.cumsum(lengths) - lengths
-    return np.repeat(np.asarray(starts, dtype=np.int64) - first, lengths) + np.arange(total, dtype=np.int64)
 
 
 @dataclass
