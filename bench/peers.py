@@ -16,9 +16,7 @@ Also printed: each run's final training loss (the loss of its last step).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -26,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import ROOT, make_model, measure, spread, train_values, xt_layout  # noqa: E402
+from train import bench_parser, interleaved, make_model, spread, train_values, xt_layout  # noqa: E402
 
 RUNS = ("xt-packed", "trl-packed", "xt-padded", "trl-padded")
 PAIRS = [("xt-packed", "trl-packed"), ("xt-padded", "trl-padded")]
@@ -96,14 +94,7 @@ def run_one(work: Path, name: str, steps: int, warmup: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--shared", default=os.environ.get("XT_SHARED", str(ROOT.parent / "shared")))
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--work", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = bench_parser(__doc__, rounds=3).parse_args()
     if args.child:
         run_one(Path(args.work), args.child, args.steps, args.warmup)
         return
@@ -116,22 +107,18 @@ def main() -> None:
         sys.exit(f"{data_file} not found; pass --shared PATH")
     print(f"TRL {trl.__version__}; {args.rounds} rounds, {args.steps} steps each ({args.warmup} warm-up), "
           f"one thread per process, real tokens per CPU-second")
-    speeds: dict[str, list[float]] = {name: [] for name in RUNS}
     losses: dict[str, list[float]] = {name: [] for name in RUNS}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         make_model(work / "model", Path(args.shared))
         (work / "data.json").write_text(data_file.read_text())
-        for _ in range(args.rounds):
-            for name in RUNS:
-                result = measure(work, name, args.steps, args.warmup, script=__file__)
-                speeds[name].append(result["tokens"] / result["cpu_s"])
-                losses[name].append(result["loss"])
+        speeds, ratios = interleaved(work, list(RUNS), list(PAIRS), args, __file__,
+                                     lambda name, result: losses[name].append(result["loss"]), show_rounds=False)
     for name in RUNS:
         print(f"{name:11s} {spread(speeds[name], '{:.0f}'):>24s} tokens per CPU-second, "
               f"final loss {statistics.median(losses[name]):.3f}")
-    for a, b in PAIRS:
-        print(f"{a} / {b}: {spread([x / y for x, y in zip(speeds[a], speeds[b])])}x")
+    for (a, b), values in ratios.items():
+        print(f"{a} / {b}: {spread(values)}x")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ run in interleaved rounds and every ratio is taken within a round, reported as m
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -26,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import ROOT, make_model, measure, spread  # noqa: E402
+from train import bench_parser, interleaved, make_model, spread  # noqa: E402
 from xt.api import DatasetSpec, hookimpl  # noqa: E402
 
 OBJECTIVES = ("sft", "dpo", "orpo")
@@ -74,35 +73,17 @@ def run_one(work: Path, objective: str, steps: int, warmup: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--shared", default=os.environ.get("XT_SHARED", str(ROOT.parent / "shared")))
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--work", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = bench_parser(__doc__, rounds=5).parse_args()
     if args.child:
         run_one(Path(args.work), args.child, args.steps, args.warmup)
         return
-    speeds: dict[str, list[float]] = {name: [] for name in OBJECTIVES}
-    ratios: dict[tuple[str, str], list[float]] = {pair: [] for pair in RATIOS}
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"{os.cpu_count()} CPU cores, load average {load}; {args.rounds} rounds x {len(OBJECTIVES)} objectives, "
           f"{args.steps} steps each ({args.warmup} warm-up), one thread per process, CPU-time throughput")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         make_model(work / "model", Path(args.shared))
-        for _ in range(args.rounds):
-            round_speed = {}
-            for objective in OBJECTIVES:
-                result = measure(work, objective, args.steps, args.warmup, script=__file__)
-                round_speed[objective] = result["tokens"] / result["cpu_s"]
-                speeds[objective].append(round_speed[objective])
-            for a, b in RATIOS:
-                ratios[(a, b)].append(round_speed[a] / round_speed[b])
-            print(f"round {len(speeds['sft'])}: " + ", ".join(f"{a}/{b} {values[-1]:.2f}x"
-                                                             for (a, b), values in ratios.items()), flush=True)
+        speeds, ratios = interleaved(work, list(OBJECTIVES), list(RATIOS), args, __file__)
     for objective in OBJECTIVES:
         print(f"{objective:5s} {spread(speeds[objective], '{:.0f}'):>24s} tokens per CPU-second")
     for (a, b), values in ratios.items():

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,15 +172,43 @@ def spread(values: list[float], fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def bench_parser(doc: str, rounds: int) -> argparse.ArgumentParser:
+    """The options every timing script takes (and the hidden ones of its child processes)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--layouts", default="packed,packed-dense,grouped,random,auto,bare")
+    parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--shared", default=os.environ.get("XT_SHARED", str(ROOT.parent / "shared")))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
+    return parser
+
+
+def interleaved(work: Path, names: list[str], ratios: list[tuple[str, str]], args: argparse.Namespace, script: str,
+                on_result: Callable[[str, dict], None] | None = None, show_rounds: bool = True) -> tuple[dict, dict]:
+    """``args.rounds`` rounds of one fresh process per name; (tokens per CPU-second per name, the ``ratios``
+    taken within each round). ``on_result(name, result)`` sees every child's JSON line."""
+    speeds: dict[str, list[float]] = {name: [] for name in names}
+    values: dict[tuple[str, str], list[float]] = {pair: [] for pair in ratios}
+    for round_number in range(1, args.rounds + 1):
+        round_speed = {}
+        for name in names:
+            result = measure(work, name, args.steps, args.warmup, script=script)
+            round_speed[name] = result["tokens"] / result["cpu_s"]
+            speeds[name].append(round_speed[name])
+            if on_result is not None:
+                on_result(name, result)
+        for a, b in values:
+            values[(a, b)].append(round_speed[a] / round_speed[b])
+        if show_rounds:
+            print(f"round {round_number}: " + ", ".join(f"{a}/{b} {v[-1]:.2f}x" for (a, b), v in values.items()),
+                  flush=True)
+    return speeds, values
+
+
+def main() -> None:
+    parser = bench_parser(__doc__, rounds=5)
+    parser.add_argument("--layouts", default="packed,packed-dense,grouped,random,auto,bare")
     args = parser.parse_args()
     if args.child:
         run_one(Path(args.work), args.child, args.steps, args.warmup)
@@ -188,9 +217,12 @@ def main() -> None:
     if not data_file.is_file():
         sys.exit(f"{data_file} not found; pass --shared PATH")
     layouts = args.layouts.split(",")
-    speeds: dict[str, list[float]] = {name: [] for name in layouts}
-    ratios: dict[tuple[str, str], list[float]] = {pair: [] for pair in RATIOS if set(pair) <= set(layouts)}
     choices = set()
+
+    def note_choice(layout: str, result: dict) -> None:
+        if layout == "auto" and result.get("choice"):
+            choices.add(result["choice"])
+
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"{os.cpu_count()} CPU cores, load average {load}; {args.rounds} rounds x {len(layouts)} layouts, "
           f"{args.steps} steps each ({args.warmup} warm-up), one thread per process, CPU-time throughput")
@@ -198,18 +230,8 @@ def main() -> None:
         work = Path(tmp)
         make_model(work / "model", Path(args.shared))
         (work / "data.json").write_text(data_file.read_text())
-        for _ in range(args.rounds):
-            round_speed = {}
-            for layout in layouts:
-                result = measure(work, layout, args.steps, args.warmup)
-                round_speed[layout] = result["tokens"] / result["cpu_s"]
-                speeds[layout].append(round_speed[layout])
-                if layout == "auto" and result.get("choice"):
-                    choices.add(result["choice"])
-            for a, b in ratios:
-                ratios[(a, b)].append(round_speed[a] / round_speed[b])
-            print(f"round {len(speeds[layouts[0]])}: " + ", ".join(f"{a}/{b} {values[-1]:.2f}x"
-                                                               for (a, b), values in ratios.items()), flush=True)
+        speeds, ratios = interleaved(work, layouts, [pair for pair in RATIOS if set(pair) <= set(layouts)], args,
+                                     __file__, note_choice)
     for layout in layouts:
         note = f"  (chose: {', '.join(sorted(choices))})" if layout == "auto" and choices else ""
         print(f"{layout:13s} {spread(speeds[layout], '{:.0f}'):>24s} tokens per CPU-second{note}")

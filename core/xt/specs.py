@@ -303,7 +303,8 @@ class ObjectiveSpec(Spec):
     ``reference`` True gives the loss a reference model (``context.reference``): the model with its
     adapter disabled under LoRA/QLoRA, a frozen copy under full training. ``defaults`` lists the
     objective's options (``--set objective_args.KEY=VALUE``) with their defaults; other keys are
-    refused. ``prepare_model(model, context)`` may change the model before training (e.g. add a
+    refused, and ``check_options(args)`` raises ``XtError`` for a bad value before anything is loaded.
+    ``prepare_model(model, context)`` may change the model before training (e.g. add a
     head); ``save(model, tokenizer, template, out_dir, *, adapter, context)`` replaces the core's
     saving of ``final/``. ``precompute(reference, batch, context) -> {name: tensor (S,)}`` computes
     per-sequence values with the reference model; with ``precompute_reference`` the core runs it once
@@ -319,6 +320,7 @@ class ObjectiveSpec(Spec):
     collator: str | None = None
     reference: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)
+    check_options: Callable[[dict[str, Any]], None] | None = None
     prepare_model: Callable[..., Any] | None = None
     save: Callable[..., Any] | None = None
     precompute: Callable[..., Any] | None = None
@@ -331,7 +333,7 @@ class ObjectiveSpec(Spec):
         for attr in ("loss", "units"):
             if not callable(getattr(self, attr)):
                 out.append(f"{attr} is required and must be callable")
-        for attr in ("sequences", "row_problems", "prepare_model", "save", "precompute"):
+        for attr in ("sequences", "row_problems", "check_options", "prepare_model", "save", "precompute"):
             value = getattr(self, attr)
             if value is not None and not callable(value):
                 out.append(f"{attr} must be callable")

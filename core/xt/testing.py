@@ -506,6 +506,10 @@ def _check_objectives(report: PluginReport) -> None:
             report.problems.append(f"{where}: has no sample_rows; add one or two rows of the shape it takes so "
                                    f"the kit can run it offline")
             continue
+        if spec.check_options is not None and _attempt(report, where, "checking its own defaults",
+                                                       "check_options(args)", spec.check_options,
+                                                       dict(spec.defaults)) is _FAILED:
+            continue
         model, tokenizer = _tiny_llama()
         context = objective_context(spec, spec.defaults, tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id,
                                     z_loss=0.0, reference=reference_model(False, None, frozen_copy(model)))

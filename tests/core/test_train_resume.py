@@ -14,8 +14,8 @@ from test_train_support import (  # noqa: E402
     DATASET,
     MODEL,
     driver_env,
-    kill_at_first_checkpoint,
     make_model_dir,
+    straight_and_resumed,
     write_driver,
 )
 
@@ -43,17 +43,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(setup):
     from safetensors.torch import load_file
 
     work, driver, env = setup
-    straight = work / "straight"
-    done = subprocess.run([sys.executable, str(driver), *ARGS, "--output", str(straight)], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-
-    crashed = work / "crashed"
-    resumed_from = kill_at_first_checkpoint(driver, ARGS, crashed, env)
-
-    again = subprocess.run([sys.executable, str(driver), "train", "--resume", str(crashed)], env=env,
-                           capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
+    straight, crashed, resumed_from = straight_and_resumed(driver, ARGS, work, env)
     a = load_file(str(straight / "final" / "model.safetensors"))
     b = load_file(str(crashed / "final" / "model.safetensors"))
     assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)  # bitwise

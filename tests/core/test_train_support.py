@@ -143,5 +143,23 @@ def kill_at_first_checkpoint(driver: Path, args: list[str], out: Path, env: dict
     return int(latest.read_text().split("-")[1])
 
 
+def straight_and_resumed(driver: Path, args: list[str], work: Path, env: dict[str, str],
+                         timeout: int = 300) -> tuple[Path, Path, int]:
+    """The same run twice: straight through, and SIGKILLed at its first checkpoint then resumed.
+
+    Returns (straight run dir, resumed run dir, the step it resumed from); both runs finished."""
+    import subprocess
+
+    straight, crashed = work / "straight", work / "crashed"
+    done = subprocess.run([sys.executable, str(driver), *args, "--output", str(straight)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed_from = kill_at_first_checkpoint(driver, args, crashed, env)
+    again = subprocess.run([sys.executable, str(driver), "train", "--resume", str(crashed)], env=env,
+                           capture_output=True, text=True, timeout=timeout)
+    assert again.returncode == 0, again.stderr[-3000:]
+    return straight, crashed, resumed_from
+
+
 def python() -> str:
     return sys.executable

@@ -434,11 +434,12 @@ def optimizer_step(run: Run, batches: Any, step: int) -> dict[str, Any]:
 
     engine, device, world, objective = run.engine, run.dist.device, run.dist.world_size, run.objective
     started, started_cpu = time.perf_counter(), time.process_time()
-    window = [_to_device(next(batches), device) for _ in range(run.cfg.grad_accum)]
+    window = [next(batches) for _ in range(run.cfg.grad_accum)]  # moved to the device one at a time below
     (window_units,) = all_reduce_sum([float(sum(count_units(objective, b) for b in window))], device)
     lr = run.scheduler.get_last_lr()[0]
     loss_sum, step_tokens, metric_sums = 0.0, 0, {}
     for i, batch in enumerate(window):
+        batch = _to_device(batch, device)
         batch_sum, metrics = call_loss(objective, engine, batch, run.objective_context)
         engine.backward(micro_batch_objective(batch_sum, world, window_units), scale_wrt_gas=False)
         loss_sum += float(batch_sum.detach())

@@ -118,13 +118,20 @@ def sequence_logps(logits: Any, labels: Any, sequence_ids: Any, n_sequences: int
     return sums, counts
 
 
-def sequence_last_index(sequence_ids: Any, n_sequences: int) -> tuple[Any, Any]:
-    """(row, column) of the last token of each sequence, each shape ``(n_sequences,)``."""
+def sequence_last_index(sequence_ids: Any, n_sequences: int, keep: Any = None) -> tuple[Any, Any]:
+    """(row, column) of the last token of each sequence, each shape ``(n_sequences,)``.
+
+    ``keep`` (B, T, bool) limits the tokens considered (e.g. not the pad id, as transformers'
+    sequence-classification models read their score). Raises ValueError when a sequence has none.
+    """
     import torch
 
-    rows, cols = torch.nonzero(sequence_ids >= 0, as_tuple=True)
+    considered = sequence_ids >= 0 if keep is None else (sequence_ids >= 0) & keep.to(sequence_ids.device)
+    rows, cols = torch.nonzero(considered, as_tuple=True)
     owner = sequence_ids[rows, cols]
     flat = rows * sequence_ids.size(1) + cols
     last = torch.full((n_sequences,), -1, dtype=flat.dtype, device=flat.device).scatter_reduce(
         0, owner, flat, reduce="amax")
+    if bool((last < 0).any()):
+        raise ValueError("a sequence has no token left to read")
     return last // sequence_ids.size(1), last % sequence_ids.size(1)

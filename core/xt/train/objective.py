@@ -24,13 +24,18 @@ def objective_name(explicit: str | None, dataset: Any) -> str:
 
 def resolve_objective(name: str, objective_args: dict[str, Any]) -> tuple[ObjectiveSpec, dict[str, Any]]:
     """(the registered objective, its options); one sentence for an unknown name or option."""
+    from xt.errors import plugin_call
     from xt.plugins import get_registry
 
     spec = get_registry().get("objectives", name)
     try:
-        return spec, spec.options(objective_args)
+        args = spec.options(objective_args)
     except ValueError as exc:
         raise XtError(f"{exc}; fix --set objective_args.KEY=VALUE (or objective_args in the config).") from None
+    if spec.check_options is not None:
+        with plugin_call(spec, "check_options"):
+            spec.check_options(args)
+    return spec, args
 
 
 def frozen_copy(model: Any) -> Any:

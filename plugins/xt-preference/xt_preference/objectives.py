@@ -75,14 +75,14 @@ def dpo_options(args: dict[str, Any]) -> tuple[float, float, str]:
     return beta, float(smoothing), loss_type
 
 
-def check_dpo_options(model: Any, context: Any) -> None:
-    """``prepare_model`` of ``dpo``: refuse bad options before the run starts (the model is unchanged)."""
-    dpo_options(context.args)
+def check_dpo_options(args: dict[str, Any]) -> None:
+    """``check_options`` of ``dpo``: refuse bad values before anything is loaded."""
+    dpo_options(args)
 
 
-def check_orpo_options(model: Any, context: Any) -> None:
-    """``prepare_model`` of ``orpo``: refuse a bad ``beta`` before the run starts (the model is unchanged)."""
-    _positive(context.args, "beta", "orpo")
+def check_orpo_options(args: dict[str, Any]) -> None:
+    """``check_options`` of ``orpo``: refuse a bad ``beta`` before anything is loaded."""
+    _positive(args, "beta", "orpo")
 
 
 # ------------------------------------------------------------------------------------------------ the maths
@@ -201,18 +201,13 @@ def orpo_loss(model: Any, batch: dict[str, Any], context: Any) -> tuple[Any, dic
 def last_token_positions(batch: dict[str, Any], pad_token_id: int) -> tuple[Any, Any]:
     """(row (S,), column (S,)) of each sequence's last token that is not the pad id: where plain
     transformers' sequence-classification models read their score on a right-padded row."""
-    import torch
+    from xt.api import sequence_last_index
 
     ids = batch["sequence_ids"]
-    n_sequences = int(batch["sequence_roles"].numel())
-    width = ids.size(1)
-    keep = (ids >= 0) & (batch["input_ids"].to(ids.device) != pad_token_id)
-    flat = torch.arange(ids.numel(), device=ids.device)
-    last = torch.full((n_sequences,), -1, dtype=torch.long, device=ids.device)
-    last = last.scatter_reduce(0, ids[keep], flat.view_as(ids)[keep], reduce="amax")
-    if bool((last < 0).any()):
-        raise XtError("a preference sequence holds only padding tokens; check the data's pad id")
-    return last // width, last % width
+    try:
+        return sequence_last_index(ids, int(batch["sequence_roles"].numel()), keep=batch["input_ids"] != pad_token_id)
+    except ValueError:
+        raise XtError("a preference sequence holds only padding tokens; check the data's pad id") from None
 
 
 def unwrapped(model: Any) -> Any:

@@ -106,11 +106,11 @@ def objective(register: Any) -> None:
         "dpo", "Direct preference optimisation against a reference model: sigmoid loss (label_smoothing: "
                "conservative DPO) or loss_type ipo.",
         objectives.dpo_loss, reference=True, defaults=dict(objectives.DPO_DEFAULTS),
-        prepare_model=objectives.check_dpo_options, precompute=objectives.reference_values))
+        check_options=objectives.check_dpo_options, precompute=objectives.reference_values))
     register(_pair_objective(
         "orpo", "Odds-ratio preference optimisation: NLL on the chosen reply + beta * odds-ratio loss; no reference.",
         objectives.orpo_loss, defaults=dict(objectives.ORPO_DEFAULTS),
-        prepare_model=objectives.check_orpo_options))
+        check_options=objectives.check_orpo_options))
     register(_pair_objective(
         "reward", "A reward model: a scalar head on the LM, Bradley-Terry loss; saved as sequence classification.",
         objectives.reward_loss, prepare_model=reward.add_score_head, save=reward.save_reward_model))

@@ -19,9 +19,9 @@ sys.path.insert(0, str(ROOT / "tests" / "core"))
 from test_train_support import (  # noqa: E402
     MODEL,
     driver_env,
-    kill_at_first_checkpoint,
     make_model_dir,
     register_test_plugin,
+    straight_and_resumed,
     write_driver,
 )
 
@@ -226,15 +226,9 @@ def test_dpo_resume_after_sigkill_is_bitwise(driver, workdir):
     args = ["train", "--model", MODEL, "--dataset", DATASET, "--method", "lora", "--set", "max_steps=16",
             "--set", "save_steps=4", "--set", "save_total_limit=2", "--set", "lr=3e-3", "--set", "micro_batch_size=2",
             "--set", "max_length=48", "--set", "warmup_steps=2", "--set", "lora_dropout=0.0", "--set", "report_to=[]"]
-    straight = workdir / "dpo-straight"
-    done = subprocess.run([sys.executable, str(script), *args, "--output", str(straight)], env=env,
-                          capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
-    crashed = workdir / "dpo-crashed"
-    resumed_from = kill_at_first_checkpoint(script, args, crashed, env)
-    again = subprocess.run([sys.executable, str(script), "train", "--resume", str(crashed)], env=env,
-                           capture_output=True, text=True, timeout=400)
-    assert again.returncode == 0, again.stderr[-3000:]
+    work = workdir / "dpo-resume"
+    work.mkdir()
+    straight, crashed, resumed_from = straight_and_resumed(script, args, work, env, timeout=400)
     a = load_file(str(straight / "final" / "adapter_model.safetensors"))
     b = load_file(str(crashed / "final" / "adapter_model.safetensors"))
     assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)  # bitwise
