@@ -87,7 +87,8 @@ def run_one(work: Path, name: str, steps: int, warmup: int) -> None:
         tokens, cpu, loss = trl_run(work, name == "trl-packed", steps, warmup)
     else:
         layout = "packed" if name == "xt-packed" else "random"
-        tokens, cpu, _ = xt_layout(work, layout, steps, warmup)
+        measured = xt_layout(work, layout, steps, warmup)
+        tokens, cpu = measured["tokens"], measured["cpu_s"]
         records = [json.loads(x) for x in (work / f"run-{layout}" / "metrics.jsonl").read_text().splitlines()]
         loss = [r["loss"] for r in records if "loss" in r][-1]
     print("XT-BENCH " + json.dumps({"run": name, "tokens": tokens, "cpu_s": cpu, "loss": loss}))

@@ -68,8 +68,9 @@ def train_values(work: Path, layout: str, steps: int) -> dict:
                 data_cache_dir=str(work / "cache"), template="default", seed=42, **LAYOUTS[layout])
 
 
-def xt_layout(work: Path, layout: str, steps: int, warmup: int) -> tuple[int, float, str | None]:
-    """(real tokens, CPU seconds) of the xt loop's steps after warm-up, and the data layout it trained on."""
+def xt_layout(work: Path, layout: str, steps: int, warmup: int) -> dict:
+    """Real tokens, token slots (padding included) and CPU seconds of the xt loop's steps after warm-up,
+    and the data layout it trained on."""
     from xt.config import from_dict
     from xt.train.loop import train
 
@@ -81,13 +82,15 @@ def xt_layout(work: Path, layout: str, steps: int, warmup: int) -> tuple[int, fl
     run_dir = train(cfg, overwrite=True)
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     cpu = sum(r["cpu_s"] for r in records if "cpu_s" in r and r["step"] > warmup)
-    counts, stats = replayed_tokens(cfg)
-    return sum(counts[warmup:steps]), cpu, stats.get("layout")
+    counts, slots, stats = replayed_tokens(cfg)
+    return {"tokens": sum(counts[warmup:steps]), "slots": sum(slots[warmup:steps]), "cpu_s": cpu,
+            "choice": stats.get("layout")}
 
 
-def replayed_tokens(cfg) -> tuple[list[int], dict]:
-    """Real tokens of each step, counted from the samples the loop's sampler handed out (padding
-    excluded), and the data stats; the data come from the loop's own (cached) build."""
+def replayed_tokens(cfg) -> tuple[list[int], list[int], dict]:
+    """Real tokens and token slots (rows x the longest row: what the padded batch holds) of each step,
+    counted from the samples the loop's sampler handed out, and the data stats; the data come from
+    the loop's own (cached) build."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from xt.data import ResumableBatchSampler
     from xt.data.layout import attention_weight
@@ -103,14 +106,16 @@ def replayed_tokens(cfg) -> tuple[list[int], dict]:
     sampler = ResumableBatchSampler(data.lengths, cfg.micro_batch_size, seed=cfg.seed, shuffle=True,
                                     group_by_length=cfg.group_by_length and not data.stats["packed"])
     counts: list[int] = []
+    slots: list[int] = []
     for indices in sampler:
         counts.append(sum(int(data.lengths[i]) for i in indices))
+        slots.append(len(indices) * max(int(data.lengths[i]) for i in indices))
         if len(counts) == cfg.max_steps:
             break
-    return counts, data.stats
+    return counts, slots, data.stats
 
 
-def bare_layout(work: Path, steps: int, warmup: int) -> tuple[int, float, str | None]:
+def bare_layout(work: Path, steps: int, warmup: int) -> dict:
     """The packed batches through a plain PyTorch loop: same model set-up, data, sampler and optimizer."""
     import torch
     from xt.config import from_dict
@@ -130,7 +135,7 @@ def bare_layout(work: Path, steps: int, warmup: int) -> tuple[int, float, str | 
     sampler = ResumableBatchSampler(data.lengths, cfg.micro_batch_size, seed=42)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    tokens, cpu = 0, 0.0
+    tokens, slots, cpu = 0, 0, 0.0
     for step, idx in enumerate(sampler, start=1):
         if step > steps:
             break
@@ -146,15 +151,15 @@ def bare_layout(work: Path, steps: int, warmup: int) -> tuple[int, float, str | 
         opt.zero_grad(set_to_none=True)
         if step > warmup:
             tokens += sum(int(data.lengths[i]) for i in idx)
+            slots += batch["input_ids"].numel()
             cpu += time.process_time() - started
-    return tokens, cpu, "packed"
+    return {"tokens": tokens, "slots": slots, "cpu_s": cpu, "choice": "packed"}
 
 
 def run_one(work: Path, layout: str, steps: int, warmup: int) -> None:
     """Child process: measure one layout and print its JSON line."""
     measured = bare_layout(work, steps, warmup) if layout == "bare" else xt_layout(work, layout, steps, warmup)
-    tokens, cpu, choice = measured
-    print("XT-BENCH " + json.dumps({"layout": layout, "tokens": tokens, "cpu_s": cpu, "choice": choice}))
+    print("XT-BENCH " + json.dumps({"layout": layout, **measured}))
 
 
 def measure(work: Path, layout: str, steps: int, warmup: int, script: str = __file__) -> dict:
@@ -218,10 +223,12 @@ def main() -> None:
         sys.exit(f"{data_file} not found; pass --shared PATH")
     layouts = args.layouts.split(",")
     choices = set()
+    padding: dict[str, list[float]] = {layout: [] for layout in layouts}
 
     def note_choice(layout: str, result: dict) -> None:
         if layout == "auto" and result.get("choice"):
             choices.add(result["choice"])
+        padding[layout].append(1 - result["tokens"] / result["slots"])
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"{os.cpu_count()} CPU cores, load average {load}; {args.rounds} rounds x {len(layouts)} layouts, "
@@ -234,9 +241,11 @@ def main() -> None:
                                      __file__, note_choice)
     for layout in layouts:
         note = f"  (chose: {', '.join(sorted(choices))})" if layout == "auto" and choices else ""
-        print(f"{layout:13s} {spread(speeds[layout], '{:.0f}'):>24s} tokens per CPU-second{note}")
+        print(f"{layout:13s} {spread(speeds[layout], '{:.0f}'):>24s} tokens per CPU-second, "
+              f"{statistics.median(padding[layout]):5.1%} of token slots padding{note}")
     for (a, b), values in ratios.items():
-        print(f"{a} / {b}: {spread(values)}x")
+        ceiling = (1 - statistics.median(padding[a])) / (1 - statistics.median(padding[b]))
+        print(f"{a} / {b}: {spread(values)}x   (removing the padding alone: {ceiling:.2f}x)")
 
 
 if __name__ == "__main__":

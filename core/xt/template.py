@@ -24,14 +24,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from itertools import chain
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import chain, islice
 from typing import Any
 
 from xt.errors import XtError
 from xt.specs import SpecialToken, TemplateSpec, conversation_problems
 
 IGNORE_INDEX = -100
+#: Conversations planned per tokenizer call in :meth:`ChatTemplate.encode_arrays`.
+ENCODE_BLOCK = 1024
 
 CONTENT = "content"
 SYSTEM = "system"
@@ -108,16 +111,15 @@ class ChatTemplate:
             _emit(items, self._entries["final_sep"], False, "")
         return items
 
-    def _plan(self, layouts: Iterable[list[tuple[Any, bool]]]) -> Plan:
-        """Layouts as segments numbering their sources; a repeated run or ids tuple is one source.
+    def _plan(self, layouts: Iterable[list[tuple[Any, bool]]], plan: Plan | None = None) -> Plan:
+        """Layouts as segments numbering their sources (added to ``plan`` when given); a repeated run
+        or ids tuple is one source.
 
         Layouts are read one at a time, so no container per item outlives its conversation.
         """
-        numbers: dict[Any, int] = {}  # repeated runs (system prompts, duplicate rows) tokenized once
-        sources: list[Any] = []
-        segments: list[int] = []
-        losses: list[bool] = []
-        counts: list[int] = []
+        plan = plan if plan is not None else Plan([], [], [], [])
+        numbers, sources = plan.numbers, plan.sources  # repeated runs (system prompts, duplicate rows) tokenized once
+        segments, losses, counts = plan.segments, plan.losses, plan.counts
         for items in layouts:
             counts.append(len(items))
             for k, (item, loss) in enumerate(items):
@@ -128,7 +130,7 @@ class ChatTemplate:
                     sources.append(key)
                 segments.append(number)
                 losses.append(loss)
-        return Plan(sources, segments, losses, counts)
+        return plan
 
     def _resolve(self, sources: list[Any]) -> tuple[list[int], list[int], Iterator[Sequence[int]]]:
         """Per source, in order: how many ids the tokenizer gave, how many lead them (the anchor), the ids.
@@ -179,20 +181,29 @@ class ChatTemplate:
         plan = self._plan(self._items(c["messages"], False) for c in conversations)
         return [{"input_ids": ids, "labels": labels} for ids, labels in self._sample_lists(plan)]
 
-    def encode_arrays(self, conversations: Sequence[dict[str, Any]]) -> tuple[Any, Any, Any]:
+    def encode_arrays(self, conversations: Iterable[dict[str, Any]]) -> tuple[Any, Any, Any]:
         """Like :meth:`encode_batch`, as flat int32 ``input_ids`` and ``labels`` plus int64 sample lengths.
 
-        The ids of all distinct sources are read once from the tokenizer's output into one flat array
-        (no slice or array per run); the samples are one gather from it.
+        Conversations are read and planned in blocks; each block's new runs go to the tokenizer on a
+        second thread (its batch call releases the GIL) while this one reads and plans the next block
+        (an iterator of conversations may still be mapping rows), then reads the finished blocks' ids
+        into flat arrays (no slice or array per run). The samples are one gather from them.
         """
         import numpy as np
 
         from xt.arrays import gather_index
 
-        plan = self._plan(self._items(c["messages"], False) for c in conversations)
-        sizes, skips, sequences = self._resolve(plan.sources)
-        store = np.fromiter(chain.from_iterable(sequences), dtype=np.int32, count=sum(sizes))
-        size, skip = np.asarray(sizes, dtype=np.int64), np.asarray(skips, dtype=np.int64)
+        plan = Plan([], [], [], [])
+        conversations = iter(conversations)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="xt-tokenize") as pool:
+            pending = []
+            while block := list(islice(conversations, ENCODE_BLOCK)):
+                first = len(plan.sources)
+                self._plan((self._items(c["messages"], False) for c in block), plan)
+                pending.append(pool.submit(self._resolve, plan.sources[first:]))
+            blocks = [_flat_ids(*future.result()) for future in pending]
+        store, size, skip = (np.concatenate([b[k] for b in blocks] or [np.zeros(0, dtype)])
+                             for k, dtype in enumerate((np.int32, np.int64, np.int64)))
         source_start, source_length = np.cumsum(size) - size + skip, size - skip
         segments = np.asarray(plan.segments, dtype=np.int64)
         segment_lengths = source_length[segments]
@@ -300,6 +311,15 @@ class Plan:
     segments: list[int]
     losses: list[bool]
     counts: list[int]
+    numbers: dict[Any, int] = field(default_factory=dict)  # source -> its index in ``sources``
+
+
+def _flat_ids(sizes: list[int], skips: list[int], sequences: Iterator[Sequence[int]]) -> tuple[Any, Any, Any]:
+    """A block's resolved sources as arrays: all ids in one int32 array, the sizes and skips."""
+    import numpy as np
+
+    store = np.fromiter(chain.from_iterable(sequences), dtype=np.int32, count=sum(sizes))
+    return store, np.asarray(sizes, dtype=np.int64), np.asarray(skips, dtype=np.int64)
 
 
 def _is_text(source: Any) -> bool:

@@ -34,6 +34,21 @@ def test_repeated_rows_encode_like_single_rows(tok_name, template_name, request)
     ids[0] = labels[0] = 0  # the pipeline writes into both (first label of each sample)
 
 
+@pytest.mark.parametrize("block", [1, 2, 5])
+def test_blocks_planned_apart_encode_as_one(block, sp_tokenizer, monkeypatch):
+    """Runs first seen in one block and repeated in later ones are tokenized once and read back right."""
+    import xt.template
+
+    compiled = get_registry().get("templates", "default").compile(sp_tokenizer)
+    convs = CONVERSATIONS + CONVERSATIONS[::-1] + CONVERSATIONS[1:2] * 3
+    whole = compiled.encode_arrays(convs)
+    monkeypatch.setattr(xt.template, "ENCODE_BLOCK", block)
+    split = compiled.encode_arrays(convs)
+    assert len(convs) > 2 * block  # several blocks, some with no new run
+    assert [a.tolist() for a in split] == [a.tolist() for a in whole]
+    assert [a.dtype for a in split] == [a.dtype for a in whole]
+
+
 def test_a_text_at_the_start_and_after_a_split_point_tokenizes_both_ways(sp_tokenizer):
     eos = sp_tokenizer.eos_token_id
     compiled = ChatTemplate(sp_tokenizer, user=[Piece(slot="content")], reply=[Piece(slot="content")],
@@ -80,3 +95,19 @@ def test_the_conversation_format_keeps_openai_weights():
                         {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Ciao", "weight": 1}]}
     conv = map_conversation_row(row)
     assert [m.get("weight") for m in conv["messages"]] == [None, 0, None, 1] and conversation_problems(conv) == []
+
+
+def test_gather_index_concatenates_segments_in_any_order():
+    import numpy as np
+    from xt.arrays import gather_index
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 9, 300)
+    lengths[[0, 7, -1]] = 0  # empty segments first, inside and last
+    starts = rng.integers(0, 1000, 300)  # forwards, backwards, overlapping
+    index = gather_index(starts, lengths)
+    expected = [s + k for s, n in zip(starts.tolist(), lengths.tolist()) for k in range(n)]
+    assert index.tolist() == expected and index.dtype == np.int32
+    assert gather_index([5], [0]).tolist() == [] and gather_index([], []).tolist() == []
+    big = gather_index([2**31 - 1, 3], [2, 1])  # an index past int32: int64, values exact
+    assert big.dtype == np.int64 and big.tolist() == [2**31 - 1, 2**31, 3]

@@ -7,9 +7,12 @@ call to see the mapped conversations themselves.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,8 +172,31 @@ def encode_parallelism(num_proc: int, rows: int) -> dict[str, int]:
     return {"encode_processes": processes, "encode_threads": threads}
 
 
+@contextmanager
+def cycle_collection_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the block, back on after it (if it was on).
+
+    A build allocates a few dicts per row (mapped conversations, messages) that reference counting
+    frees; with the collector on, that many allocations set off full passes over every object the
+    process holds (transformers' included), a fifth of a build's time on the Alpaca rows.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _build(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, options: DataOptions,
            plan: Any) -> ProcessedDataset:
+    with cycle_collection_paused():
+        return _build_rows(dataset, template, tokenizer, options, plan)
+
+
+def _build_rows(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, options: DataOptions,
+                plan: Any) -> ProcessedDataset:
     started = time.perf_counter()
     result = process_rows(_sources(dataset, options, plan), dataset, template=template, tokenizer=tokenizer,
                           max_length=options.max_length, policy=options.length_policy,

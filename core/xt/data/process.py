@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from xt.arrays import gather_index
@@ -156,19 +157,21 @@ class ChunkResult:
     counts: dict[str, int] = field(default_factory=lambda: {"rows": 0, "truncated": 0, "dropped": 0, "no_labels": 0})
 
 
-def encode_conversations(conversations: Sequence[dict[str, Any]], template: TemplateSpec, tokenizer: Any,
+def encode_conversations(conversations: Iterable[dict[str, Any]], template: TemplateSpec, tokenizer: Any,
                          max_length: int, policy: str, result: ChunkResult,
                          group_sizes: Sequence[int] | None = None) -> None:
     """Template + tokenize (batched) + length policy, vectorized; fills ``result``'s arrays.
 
     Same rules as :func:`apply_length_policy`: too long -> truncated (or dropped), first label of
     every sample -100, a sample without any label token left is dropped. With ``group_sizes``
-    (consecutive sequences forming one sample) a sample is dropped when any of its sequences is, and
-    the counts count samples.
+    (consecutive sequences forming one sample; complete once ``conversations`` is exhausted) a
+    sample is dropped when any of its sequences is, and the counts count samples.
     """
     import numpy as np
 
-    ids, labels, lengths = template.compile(tokenizer).encode_arrays(conversations)
+    read: list[dict[str, Any]] = []
+    ids, labels, lengths = template.compile(tokenizer).encode_arrays(_recorded(conversations, read))
+    conversations = read
     counters["encoded"] += len(conversations)
     starts = np.cumsum(lengths) - lengths
     too_long = lengths > max_length
@@ -204,6 +207,13 @@ def encode_conversations(conversations: Sequence[dict[str, Any]], template: Temp
         result.images = [list(conv.get("images") or []) for conv, k in zip(conversations, keep.tolist()) if k]
 
 
+def _recorded(items: Iterable[Any], into: list[Any]) -> Iterator[Any]:
+    """``items``, each also appended to ``into`` as it is read."""
+    for item in items:
+        into.append(item)
+        yield item
+
+
 def _group_starts(group_sizes: Sequence[int]) -> Any:
     import numpy as np
 
@@ -237,30 +247,52 @@ def _keep_groups(group_sizes: Sequence[int], keep: Any, has_labels: Any, too_lon
 
 # Work handed to forked workers (functions in specs may be closures that do not pickle).
 _job: dict[str, Any] = {}
+#: Rows mapped at a time: their conversations go on to the tokenizer while the next rows are mapped.
+MAP_BLOCK = 1024
+
+
+class _UnusableRows(Exception):
+    """Raised into the encoder when bad rows will fail the build: nothing more to encode."""
 
 
 def _process_chunk(chunk: list[tuple[int, int, int]]) -> ChunkResult:
     """Map (and encode) rows ``start:stop`` of the sources named by index in ``_job`` (no row pickling)."""
     job = _job
     result = ChunkResult()
-    conversations: list[dict[str, Any]] = []
-    objective = job["objective"]
-    group_sizes: list[int] | None = [] if objective is not None and job["encode"] else None
+    group_sizes: list[int] | None = [] if job["objective"] is not None and job["encode"] else None
+    mapped = _mapped_blocks(chunk, result, group_sizes, stop_on_bad=job["encode"] and not job["skip_bad_rows"])
+    if not job["encode"]:
+        result.conversations = [conv for block in mapped for conv in block]
+        return result
+    try:
+        encode_conversations(chain.from_iterable(mapped), job["template"], job["tokenizer"], job["max_length"],
+                             job["policy"], result, group_sizes)
+    except _UnusableRows:
+        pass  # process_rows fails with the bad rows collected
+    return result
+
+
+def _mapped_blocks(chunk: list[tuple[int, int, int]], result: ChunkResult, group_sizes: list[int] | None,
+                   stop_on_bad: bool) -> Iterator[list[dict[str, Any]]]:
+    """The conversations of the chunk's rows, ``MAP_BLOCK`` rows at a time; bad rows go to ``result``.
+
+    With ``stop_on_bad`` every row is still mapped (to count the bad ones) but no block after the
+    first bad row is given out, and :class:`_UnusableRows` is raised at the end.
+    """
+    job = _job
     for source_index, start, stop in chunk:
         name, rows = job["sources"][source_index]
-        mapped = map_rows(job["dataset"], rows[start:stop], name, start, job["context"], objective,
-                          expand=job["encode"])
-        result.bad.extend(mapped.bad)
-        result.counts["rows"] += mapped.rows
-        conversations.extend(mapped.conversations)
-        if group_sizes is not None:
-            group_sizes.extend(mapped.group_sizes)
-    if job["encode"] and (not result.bad or job["skip_bad_rows"]):
-        encode_conversations(conversations, job["template"], job["tokenizer"], job["max_length"], job["policy"], result,
-                             group_sizes)
-    elif not job["encode"]:
-        result.conversations = conversations
-    return result
+        for at in range(start, stop, MAP_BLOCK):
+            mapped = map_rows(job["dataset"], rows[at:min(stop, at + MAP_BLOCK)], name, at, job["context"],
+                              job["objective"], expand=job["encode"])
+            result.bad.extend(mapped.bad)
+            result.counts["rows"] += mapped.rows
+            if group_sizes is not None:
+                group_sizes.extend(mapped.group_sizes)
+            if not (stop_on_bad and result.bad):
+                yield mapped.conversations
+    if stop_on_bad and result.bad:
+        raise _UnusableRows
 
 
 def _chunks(sources: Sequence[tuple[str, list[Any]]], n_chunks: int) -> list[list[tuple[int, int, int]]]:
