@@ -10,7 +10,7 @@ STAMP := $(VENV)/.xt-setup
 # DeepSpeed JIT-compiles a CPU comm op on first use; keep the build between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: setup test test-fast demo demo-preference lint clean gpu-check
+.PHONY: setup test test-fast demo demo-preference lint clean gpu-check bench-xtuner
 
 setup: $(STAMP)
 
@@ -54,8 +54,29 @@ gpu-check:
 	$(GPU_PYTHON) -m pip install -q --no-deps --no-build-isolation -e . $(addprefix -e ,$(PLUGINS))
 	$(GPU_PYTHON) bench/gpu.py --out $(GPU_CHECK_OUT)
 
+# bench/data.py's XTuner baseline, bench-only (not part of setup, test or CI): XTuner 0.2.0 pins transformers 4.48
+# and mmengine 0.10.6 (python < 3.13), which cannot share .venv with constraints.txt, so it gets its own virtual
+# environment. XTuner and mmengine go in without their dependencies, plus only the pure-python pieces (and the
+# tokenizer's protobuf/sentencepiece) that process_hf_dataset needs; bench/xtuner-constraints.txt pins them all.
+# Then:  .venv/bin/python bench/data.py --xtuner-python .venv-xtuner/bin/python
+XTUNER_VENV ?= .venv-xtuner
+XTUNER_PIP := $(XTUNER_VENV)/bin/pip install -q -c bench/xtuner-constraints.txt
+
+bench-xtuner: $(XTUNER_VENV)/.xt-bench-xtuner
+
+$(XTUNER_VENV)/.xt-bench-xtuner: bench/xtuner-constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info >= (3, 13))' || \
+	  { echo "XTuner 0.2.0 needs python < 3.13; run: make bench-xtuner PYTHON=python3.12 (or older)" >&2; exit 1; }
+	test -x $(XTUNER_VENV)/bin/python || $(PYTHON) -m venv $(XTUNER_VENV)
+	$(XTUNER_PIP) torch==2.13.0
+	$(XTUNER_PIP) transformers==4.48.0
+	$(XTUNER_PIP) --no-deps xtuner==0.2.0 mmengine==0.10.6 yapf platformdirs addict rich termcolor \
+		datasets fsspec dill multiprocess pandas python-dateutil pyarrow xxhash httpx pillow protobuf sentencepiece
+	$(XTUNER_VENV)/bin/python -c 'import tokenizers; print("bench-xtuner: tokenizers", tokenizers.__version__)'
+	touch $@
+
 lint: setup
 	$(BIN)/ruff check core plugins tests bench
 
 clean:
-	rm -rf $(VENV) .cache runs
+	rm -rf $(VENV) $(XTUNER_VENV) .cache runs

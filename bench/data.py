@@ -1,6 +1,7 @@
 """Data build benchmark: xt vs the tokenizer-only bound and a naive batched ``datasets.map``.
 
     python bench/data.py [--shared ../shared] [--copies 20] [--repeats 5] [--max-length 2048]
+        [--xtuner-python .venv-xtuner/bin/python]
 
 Rows: the shared Alpaca demo rows x ``--copies``. **Distinct** (the headline): every copy's
 instruction and output get a copy number, so no text repeats and nothing can be reused.
@@ -17,11 +18,13 @@ time, median and range (min-max); every ratio is taken within a repeat:
   pack), one process; ``xt-2proc``: the same with ``num_proc=2``;
 - ``naive``: ``datasets.Dataset.map(batched=True)`` calling ``TemplateSpec.encode`` per row, then
   the same length policy;
-- ``cached``: ``build_dataset`` reading its own cache entry.
-
-XTuner for reference (not re-measured here): XTuner 0.2.0's ``process_hf_dataset`` was 2.6x
-(1.6-4.8x over 9 repeats) slower than xt on the same distinct rows, 19x on copies, as measured on
-2026-12-01 for issue #16.
+- ``cached``: ``build_dataset`` reading its own cache entry;
+- ``xtuner``, only with ``--xtuner-python``: XTuner 0.2.0's ``process_hf_dataset`` on the same rows
+  file, tokenizer and max length, in a fresh process of that interpreter per repeat
+  (bench/xtuner_build.py: its build time, unpacked and, as ``xtuner-packed``, packed, and
+  ``xtuner-bound``, the same bound with XTuner's tokenizers version). XTuner pins transformers 4.48,
+  so it runs in its own bench-only environment: ``make bench-xtuner``, then
+  ``--xtuner-python .venv-xtuner/bin/python``. Without the option XTuner is not measured.
 """
 
 from __future__ import annotations
@@ -31,9 +34,17 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
+from importlib.metadata import version
 from pathlib import Path
+
+XTUNER_BUILD = Path(__file__).with_name("xtuner_build.py")
+XTUNER_HOW = "`make bench-xtuner`, then --xtuner-python .venv-xtuner/bin/python"
 
 
 def alpaca_map(row: dict) -> dict:
@@ -86,7 +97,45 @@ def spread(values: list[float], fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
-def run_set(label: str, rows: list[dict], args, tokenizer, template, work: str) -> None:
+def xtuner_call(python: str, options: list[str]) -> dict:
+    """bench/xtuner_build.py run by ``python``: its last JSON line, or exit with the sentence it failed with."""
+    if not (os.path.isfile(python) and os.access(python, os.X_OK)):
+        sys.exit(f"data.py: --xtuner-python {python} is not an executable interpreter; create it with {XTUNER_HOW}.")
+    done = subprocess.run([python, str(XTUNER_BUILD), *options], capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        sys.exit(f"data.py: the XTuner build under {python} failed: {why}")
+    return json.loads(lines[-1])
+
+
+def xtuner_repeat(python: str, tokenizer_dir: str, max_length: int, rows_path: str) -> dict:
+    """One unpacked and one packed XTuner build of ``rows_path`` in a fresh process: its JSON record."""
+    return xtuner_call(python, ["--rows", rows_path, "--tokenizer", tokenizer_dir, "--max-length", str(max_length),
+                                "--repeats", "1", "--pack"])
+
+
+def same_order(a: float, b: float) -> bool:
+    return 0.5 <= a / b <= 2
+
+
+def print_xtuner(records: list[dict], ratio: Callable[[str, str], str], xt_stats: dict, xt_bound_tokens: int) -> None:
+    last = records[-1]
+    packed = last["packed"]
+    print(f"  xt vs XTuner process_hf_dataset: {ratio('xt', 'xtuner')}x faster   "
+          f"(XTuner packed, pack_to_max_length=True: {ratio('xt', 'xtuner-packed')}x)")
+    print(f"  XTuner speed / its tokenizer-only bound: {ratio('xtuner', 'xtuner-bound')}x; its bound "
+          f"(tokenizers {last['versions']['tokenizers']}) vs ours ({version('tokenizers')}): "
+          f"{ratio('bound', 'xtuner-bound')}x the time ({last['bound_tokens']} vs {xt_bound_tokens} tokens)")
+    alike = same_order(last["samples"], xt_stats["samples"]) and same_order(last["tokens"], xt_stats["tokens"])
+    print(f"  XTuner ({last['template']}): {last['samples']} samples, {last['tokens']} tokens; packed: "
+          f"{packed['samples']} rows, {packed['tokens']} tokens; xt (default): {xt_stats['samples']} samples, "
+          f"{xt_stats['tokens']} tokens; the templates' framing differs, so the counts differ "
+          f"({'same' if alike else 'NOT the same'} order)")
+
+
+def run_set(label: str, rows: list[dict], args, tokenizer, template, work: str,
+            xtuner: Callable[[str], dict] | None = None) -> None:
     from xt.data import DataOptions, build_dataset
     from xt.specs import DatasetSpec
 
@@ -107,16 +156,22 @@ def run_set(label: str, rows: list[dict], args, tokenizer, template, work: str) 
     }
     times: dict[str, list[float]] = {name: [] for name in runs}
     last = {}
+    records = []
     for _ in range(args.repeats):
         for name, fn in runs.items():
             last[name], seconds = timed(fn)
             times[name].append(seconds)
+        if xtuner is not None:
+            records.append(xtuner(path))
+    if records:
+        times.update({"xtuner": [r["build_s"] for r in records], "xtuner-packed": [r["packed"]["build_s"] for r in records],
+                      "xtuner-bound": [r["bound_s"] for r in records]})
     assert last["cached"].stats["cached"] and last["naive"] == last["xt"].stats["samples"]
     stats = last["xt"].stats
     print(f"\n{label} rows: {len(rows)}, {stats['samples']} samples, {stats['tokens']} tokens "
           f"(tokenizer: {stats.get('encode_threads', '?')} thread(s) per process)")
-    for name in runs:
-        print(f"  {name:9s} {spread(times[name], '{:.3f}'):>24s} s   "
+    for name in times:
+        print(f"  {name:13s} {spread(times[name], '{:.3f}'):>24s} s   "
               f"{spread([len(rows) / t for t in times[name]], '{:.0f}'):>24s} rows/s")
 
     def ratio(a: str, b: str) -> str:
@@ -125,6 +180,8 @@ def run_set(label: str, rows: list[dict], args, tokenizer, template, work: str) 
     print(f"  xt speed / tokenizer-only bound: {ratio('xt', 'bound')}x   (2 processes: {ratio('xt-2proc', 'bound')}x)")
     print(f"  xt vs naive batched datasets.map: {ratio('xt', 'naive')}x faster")
     print(f"  cached vs uncached xt build: {ratio('cached', 'xt')}x faster")
+    if records:
+        print_xtuner(records, ratio, stats, last["bound"])
 
 
 def main() -> None:
@@ -134,22 +191,31 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-length", type=int, default=2048)
+    parser.add_argument("--xtuner-python", help=f"also time XTuner 0.2.0's build with this interpreter ({XTUNER_HOW})")
     args = parser.parse_args()
+    shared = Path(args.shared)
+    tokenizer_dir = str(shared / "tokenizers" / "llama2")
+    xtuner, xtuner_note = None, f"XTuner not measured (for its figure: {XTUNER_HOW})"
+    if args.xtuner_python:
+        found = xtuner_call(args.xtuner_python, ["--versions"])
+        xtuner = partial(xtuner_repeat, args.xtuner_python, tokenizer_dir, args.max_length)
+        xtuner_note = f"XTuner {found['xtuner']} (" + ", ".join(
+            f"{name} {found[name]}" for name in ("transformers", "tokenizers", "datasets", "torch")) + ")"
 
     from transformers import LlamaTokenizer
     from xt.plugins import get_registry
 
-    shared = Path(args.shared)
     base = json.loads((shared / "data" / "alpaca" / "alpaca_en_demo.json").read_text())
-    tokenizer = LlamaTokenizer.from_pretrained(str(shared / "tokenizers" / "llama2"))
+    tokenizer = LlamaTokenizer.from_pretrained(tokenizer_dir)
     template = get_registry().get("templates", "default")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"{platform.machine()}, {os.cpu_count()} CPU cores, python {platform.python_version()}, load average {load}; "
           f"alpaca_en_demo ({len(base)} rows) x{args.copies}, Llama-2 tokenizer, template default, "
-          f"max_length {args.max_length}, {args.repeats} interleaved repeats: median (min-max)")
+          f"max_length {args.max_length}, {args.repeats} interleaved repeats: median (min-max); "
+          f"tokenizers {version('tokenizers')}; {xtuner_note}")
     with tempfile.TemporaryDirectory() as work:
-        run_set("distinct", make_rows(base, args.copies, distinct=True), args, tokenizer, template, work)
-        run_set("repeated", make_rows(base, args.copies, distinct=False), args, tokenizer, template, work)
+        run_set("distinct", make_rows(base, args.copies, distinct=True), args, tokenizer, template, work, xtuner)
+        run_set("repeated", make_rows(base, args.copies, distinct=False), args, tokenizer, template, work, xtuner)
 
 
 if __name__ == "__main__":
