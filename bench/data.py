@@ -88,9 +88,10 @@ def naive(rows: list[dict], template, tokenizer, max_length: int) -> int:
 
 
 def timed(fn):
-    start = time.perf_counter()
+    """``fn()``, its wall seconds, and its CPU seconds: the whole process's and this thread's."""
+    start, cpu, main_cpu = time.perf_counter(), time.process_time(), time.thread_time()
     out = fn()
-    return out, time.perf_counter() - start
+    return out, time.perf_counter() - start, (time.process_time() - cpu, time.thread_time() - main_cpu)
 
 
 def spread(values: list[float], fmt: str = "{:.2f}") -> str:
@@ -155,12 +156,14 @@ def run_set(label: str, rows: list[dict], args, tokenizer, template, work: str,
                                                                                 cache_dir=cache)),
     }
     times: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     last = {}
     records = []
     for _ in range(args.repeats):
         for name, fn in runs.items():
-            last[name], seconds = timed(fn)
+            last[name], seconds, cpu_seconds = timed(fn)
             times[name].append(seconds)
+            cpu[name].append(cpu_seconds)
         if xtuner is not None:
             records.append(xtuner(path))
     if records:
@@ -180,6 +183,9 @@ def run_set(label: str, rows: list[dict], args, tokenizer, template, work: str,
     print(f"  xt speed / tokenizer-only bound: {ratio('xt', 'bound')}x   (2 processes: {ratio('xt-2proc', 'bound')}x)")
     print(f"  xt vs naive batched datasets.map: {ratio('xt', 'naive')}x faster")
     print(f"  cached vs uncached xt build: {ratio('cached', 'xt')}x faster")
+    for name in ("bound", "xt"):
+        print(f"  {name} CPU seconds: {spread([c[0] for c in cpu[name]])} in all threads, "
+              f"{spread([c[1] for c in cpu[name]])} in the calling thread")
     if records:
         print_xtuner(records, ratio, stats, last["bound"])
 
