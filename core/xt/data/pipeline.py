@@ -31,7 +31,7 @@ from xt.data.dataset import ProcessedDataset
 from xt.data.layout import choose_layout
 from xt.data.load import callable_fingerprint, load_rows, plan_sources
 from xt.data.pack import fill_ratio, pack_best_fit
-from xt.data.process import process_rows
+from xt.data.process import process_rows, reshapes_rows
 from xt.errors import XtError
 from xt.specs import DatasetSpec, ModelSpec, ObjectiveSpec, RunContext, TemplateSpec
 from xt.template import IGNORE_INDEX
@@ -124,7 +124,7 @@ def build_dataset(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, 
         parts.update(micro_batch_size=options.micro_batch_size, attention_weight=options.attention_weight)
     if dataset.pass_context:  # the map sees the context: a different image folder is different data
         parts["context"] = options.context.data_fingerprint()
-    if _expands(options.objective):  # the objective checks rows and makes their sequences
+    if reshapes_rows(options.objective):  # the objective checks rows and makes their sequences
         objective = options.objective
         parts["objective"] = [objective.name, callable_fingerprint(objective.sequences),
                               callable_fingerprint(objective.row_problems)]
@@ -155,11 +155,6 @@ def build_dataset(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, 
     loaded = ProcessedDataset.load(entry)
     loaded.stats.update(cached=True, cache_path=entry)
     return loaded
-
-
-def _expands(objective: ObjectiveSpec | None) -> bool:
-    """Whether ``objective`` changes how rows become samples (``sft`` does not)."""
-    return objective is not None and (objective.sequences is not None or objective.row_problems is not None)
 
 
 def encode_parallelism(num_proc: int, rows: int) -> dict[str, int]:
@@ -201,7 +196,7 @@ def _build_rows(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, op
     result = process_rows(_sources(dataset, options, plan), dataset, template=template, tokenizer=tokenizer,
                           max_length=options.max_length, policy=options.length_policy,
                           skip_bad_rows=options.skip_bad_rows, num_proc=options.num_proc, context=options.context,
-                          objective=options.objective if _expands(options.objective) else None)
+                          objective=options.objective)
     counts = result.counts
     if result.bad:
         log.warning("skipped %d bad rows of dataset '%s'", len(result.bad), dataset.name)

@@ -314,6 +314,11 @@ def _chunks(sources: Sequence[tuple[str, list[Any]]], n_chunks: int) -> list[lis
     return [c for c in chunks if c]
 
 
+def reshapes_rows(objective: ObjectiveSpec | None) -> bool:
+    """Whether ``objective`` checks rows or makes their sequences itself (``sft`` does neither)."""
+    return objective is not None and (objective.sequences is not None or objective.row_problems is not None)
+
+
 def process_rows(sources: Sequence[tuple[str, list[Any]]], dataset: DatasetSpec, *, template: TemplateSpec | None,
                  tokenizer: Any, max_length: int, policy: str, skip_bad_rows: bool, num_proc: int = 1,
                  context: RunContext | None = None, objective: ObjectiveSpec | None = None) -> ChunkResult:
@@ -322,8 +327,7 @@ def process_rows(sources: Sequence[tuple[str, list[Any]]], dataset: DatasetSpec,
     With ``objective`` (and a template) rows are checked by it and expanded into its sequences;
     objectives whose rows stay one conversation (``sequences`` None, like ``sft``) change nothing.
     """
-    if objective is not None and objective.sequences is None and objective.row_problems is None:
-        objective = None
+    objective = objective if reshapes_rows(objective) else None
     if policy not in LENGTH_POLICIES:
         raise XtError(f"Unknown length policy '{policy}'; use one of {', '.join(LENGTH_POLICIES)}.")
     if max_length < 1:

@@ -534,10 +534,8 @@ def evaluate(run: Run, step: int) -> None:
                            file=sys.stderr)
     if main and len(record) > 1:
         parts = [f"eval_loss: {record['eval_loss']:.4f}"] if "eval_loss" in record else []
-        if "eval_accuracy" in record:
-            parts.append(f"accuracy: {100 * record['eval_accuracy']:.1f}%")
-        if "eval_reward_accuracy" in record:
-            parts.append(f"reward accuracy: {100 * record['eval_reward_accuracy']:.1f}%")
+        parts += [f"{key[len('eval_'):].replace('_', ' ')}: {100 * value:.1f}%" for key, value in record.items()
+                  if key.startswith("eval_") and key.endswith("accuracy")]  # the scorer's, an objective's
         if parts:
             tqdm.write(f"step {step}: " + ", ".join(parts), file=sys.stderr)
         run.metrics.log(record)
