@@ -47,12 +47,18 @@ demo-preference: setup
 # The GPU check (bench/gpu.py): on an accelerator image with its own CUDA torch and transformers, install
 # xt and the plugins without touching those (--no-deps, no build isolation: no network needed), then
 # write one JSON of throughput, MFU, memory and packed-logits rows. Without CUDA every row is skipped.
+# GPU_WHEELS=DIR first installs the wheels in DIR (no index, no dependencies): a newer transformers where the
+# image's is older than a plugin needs (its rows say so). GPU_CHECK_ARGS go to bench/gpu.py
+# (e.g. --device cpu --models llama-tiny,baichuan2-7b-tiny,baichuan2-13b-tiny to try the code without a GPU).
 GPU_PYTHON ?= python3
 GPU_CHECK_OUT ?= gpu-check.json
+GPU_WHEELS ?=
+GPU_CHECK_ARGS ?=
 
 gpu-check:
+	$(if $(GPU_WHEELS),$(GPU_PYTHON) -m pip install -q --no-index --no-deps $(wildcard $(GPU_WHEELS)/*.whl))
 	$(GPU_PYTHON) -m pip install -q --no-deps --no-build-isolation -e . $(addprefix -e ,$(PLUGINS))
-	$(GPU_PYTHON) bench/gpu.py --out $(GPU_CHECK_OUT)
+	$(GPU_PYTHON) bench/gpu.py --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 # bench/data.py's XTuner baseline, bench-only (not part of setup, test or CI): XTuner 0.2.0 pins transformers 4.48
 # and mmengine 0.10.6 (python < 3.13), which cannot share .venv with constraints.txt, so it gets its own virtual
