@@ -82,18 +82,18 @@ def xt_layout(work: Path, layout: str, steps: int, warmup: int) -> dict:
     run_dir = train(cfg, overwrite=True)
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     cpu = sum(r["cpu_s"] for r in records if "cpu_s" in r and r["step"] > warmup)
-    counts, slots, stats = replayed_tokens(cfg)
-    return {"tokens": sum(counts[warmup:steps]), "slots": sum(slots[warmup:steps]), "cpu_s": cpu,
-            "choice": stats.get("layout")}
+    counts, slots, costs, stats = replayed_tokens(cfg, per_sample=layout != "packed-dense")
+    return {"tokens": sum(counts[warmup:steps]), "slots": sum(slots[warmup:steps]),
+            "cost": sum(costs[warmup:steps]), "cpu_s": cpu, "choice": stats.get("layout")}
 
 
-def replayed_tokens(cfg) -> tuple[list[int], list[int], dict]:
-    """Real tokens and token slots (rows x the longest row: what the padded batch holds) of each step,
-    counted from the samples the loop's sampler handed out, and the data stats; the data come from
-    the loop's own (cached) build."""
+def replayed_tokens(cfg, per_sample: bool = True) -> tuple[list[int], list[int], list[float], dict]:
+    """Real tokens, token slots (rows x the longest row: what the padded batch holds) and the cost model's
+    price (``xt.data.layout.batch_cost``, this CPU's causal share) of each step, counted from the samples
+    the loop's sampler handed out, and the data stats; the data come from the loop's own (cached) build."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from xt.data import ResumableBatchSampler
-    from xt.data.layout import attention_weight
+    from xt.data.layout import attention_weight, causal_share
     from xt.data.pipeline import choose_template
     from xt.plugins import get_registry
     from xt.train.loop import build_data
@@ -101,18 +101,34 @@ def replayed_tokens(cfg) -> tuple[list[int], list[int], dict]:
     registry = get_registry()
     dataset = registry.get("datasets", cfg.dataset)
     template = choose_template(None, dataset, cfg.template)
-    weight = attention_weight(AutoModelForCausalLM.from_pretrained(cfg.model)) if cfg.pack == "auto" else 0.0
-    data, _ = build_data(cfg, dataset, template, AutoTokenizer.from_pretrained(cfg.model), 0, 1, weight)
+    weight = attention_weight(AutoModelForCausalLM.from_pretrained(cfg.model))
+    data, _ = build_data(cfg, dataset, template, AutoTokenizer.from_pretrained(cfg.model), 0, 1,
+                         weight if cfg.pack == "auto" else 0.0, causal_share=causal_share("cpu"))
     sampler = ResumableBatchSampler(data.lengths, cfg.micro_batch_size, seed=cfg.seed, shuffle=True,
                                     group_by_length=cfg.group_by_length and not data.stats["packed"])
     counts: list[int] = []
     slots: list[int] = []
+    costs: list[float] = []
     for indices in sampler:
         counts.append(sum(int(data.lengths[i]) for i in indices))
         slots.append(len(indices) * max(int(data.lengths[i]) for i in indices))
+        costs.append(priced(data, indices, weight, per_sample and data.stats["packed"]))
         if len(counts) == cfg.max_steps:
             break
-    return counts, slots, data.stats
+    return counts, slots, costs, data.stats
+
+
+def priced(data, indices: list[int], weight: float, per_sample: bool) -> float:
+    """``xt.data.layout.batch_cost`` of one micro-batch: its rows' sample lengths, read from where their
+    position_ids restart."""
+    from xt.data.layout import batch_cost, causal_share
+
+    rows = []
+    for i in indices:
+        positions = data[i]["position_ids"]
+        starts = [k for k, p in enumerate(positions) if p == 0] + [len(positions)]
+        rows.append([end - start for start, end in zip(starts, starts[1:])])
+    return batch_cost(rows, weight, causal_share("cpu"), per_sample)
 
 
 def bare_layout(work: Path, steps: int, warmup: int) -> dict:
@@ -121,6 +137,7 @@ def bare_layout(work: Path, steps: int, warmup: int) -> dict:
     from xt.config import from_dict
     from xt.data import DataOptions, ResumableBatchSampler, build_dataset
     from xt.data.collate import make_default_collator
+    from xt.data.layout import attention_weight
     from xt.model.setup import build_model
     from xt.plugins import get_registry
 
@@ -135,7 +152,8 @@ def bare_layout(work: Path, steps: int, warmup: int) -> dict:
     sampler = ResumableBatchSampler(data.lengths, cfg.micro_batch_size, seed=42)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    tokens, slots, cpu = 0, 0, 0.0
+    weight = attention_weight(model)
+    tokens, slots, cost, cpu = 0, 0, 0.0, 0.0
     for step, idx in enumerate(sampler, start=1):
         if step > steps:
             break
@@ -151,9 +169,37 @@ def bare_layout(work: Path, steps: int, warmup: int) -> dict:
         opt.zero_grad(set_to_none=True)
         if step > warmup:
             tokens += sum(int(data.lengths[i]) for i in idx)
-            slots += batch["input_ids"].numel()
             cpu += time.process_time() - started
-    return {"tokens": tokens, "slots": slots, "cpu_s": cpu, "choice": "packed"}
+            slots += batch["input_ids"].numel()
+            cost += priced(data, idx, weight, per_sample=True)
+    return {"tokens": tokens, "slots": slots, "cost": cost, "cpu_s": cpu, "choice": "packed"}
+
+
+def causal_timing(length: int = 512, repeats: int = 20) -> str:
+    """One line: CPU seconds of sdpa forward and backward on one sample, causal vs unmasked, one thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    q, k, v = (torch.randn(1, heads, length, 32, requires_grad=True) for heads in (4, 2, 2))
+
+    def seconds(causal: bool) -> float:
+        times = []
+        for _ in range(repeats):
+            started = time.process_time()
+            torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True).sum().backward()
+            times.append(time.process_time() - started)
+        return statistics.median(times[2:])
+
+    causal, full = seconds(True), seconds(False)
+    return (f"sdpa on this CPU, one sample of {length} tokens, forward and backward, one thread: causal "
+            f"{causal * 1e3:.2f} ms, unmasked {full * 1e3:.2f} ms ({causal / full:.2f}x): the cost model counts "
+            f"causal attention here as the whole square (causal share {causal_share_cpu()})")
+
+
+def causal_share_cpu() -> float:
+    from xt.data.layout import causal_share
+
+    return causal_share("cpu")
 
 
 def run_one(work: Path, layout: str, steps: int, warmup: int) -> None:
@@ -224,15 +270,18 @@ def main() -> None:
     layouts = args.layouts.split(",")
     choices = set()
     padding: dict[str, list[float]] = {layout: [] for layout in layouts}
+    price: dict[str, list[float]] = {layout: [] for layout in layouts}  # the cost model's, per real token
 
     def note_choice(layout: str, result: dict) -> None:
         if layout == "auto" and result.get("choice"):
             choices.add(result["choice"])
         padding[layout].append(1 - result["tokens"] / result["slots"])
+        price[layout].append(result["cost"] / result["tokens"])
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"{os.cpu_count()} CPU cores, load average {load}; {args.rounds} rounds x {len(layouts)} layouts, "
           f"{args.steps} steps each ({args.warmup} warm-up), one thread per process, CPU-time throughput")
+    print(causal_timing())
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         make_model(work / "model", Path(args.shared))
@@ -245,7 +294,9 @@ def main() -> None:
               f"{statistics.median(padding[layout]):5.1%} of token slots padding{note}")
     for (a, b), values in ratios.items():
         ceiling = (1 - statistics.median(padding[a])) / (1 - statistics.median(padding[b]))
-        print(f"{a} / {b}: {spread(values)}x   (removing the padding alone: {ceiling:.2f}x)")
+        modelled = statistics.median(price[b]) / statistics.median(price[a])
+        print(f"{a} / {b}: {spread(values)}x   (removing the padding alone: {ceiling:.2f}x; "
+              f"the cost model: {modelled:.2f}x)")
 
 
 if __name__ == "__main__":

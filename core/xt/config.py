@@ -109,11 +109,12 @@ class TrainConfig:
         return {key: getattr(self, key) for key in SECTIONS[name]}
 
     def data_options(self, split: str = "train", *, rank: int = 0, world_size: int = 1,
-                     attention_weight: float = 0.0) -> Any:
+                     attention_weight: float = 0.0, causal_share: float = 0.5) -> Any:
         """The data pipeline's options for ``split``: the data section, plus the batch size and seed.
 
-        ``attention_weight`` (the model's attention cost, for ``pack: auto``) is known only once a
-        model is built, so the caller passes it.
+        ``attention_weight`` and ``causal_share`` (the model's attention cost and the device's share
+        of a causal square, for ``pack: auto``; xt.data.layout) are known only once a model is built
+        and placed, so the caller passes them.
         """
         from xt.data.pipeline import DataOptions
         from xt.specs import RunContext
@@ -123,7 +124,7 @@ class TrainConfig:
         own = {option: getattr(self, key) for key, option in DATA_OPTION_OF.items()}
         own["data_files"] = own["data_files"] or None
         return DataOptions(split=split, micro_batch_size=self.micro_batch_size, seed=self.seed,
-                           attention_weight=attention_weight, context=context, **own)
+                           attention_weight=attention_weight, causal_share=causal_share, context=context, **own)
 
     @property
     def run_name(self) -> str:

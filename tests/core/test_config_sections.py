@@ -21,18 +21,18 @@ def test_data_section_is_what_the_pipeline_takes():
     assert set(SECTIONS["data"]) == {"dataset", "image_folder", *DATA_OPTION_OF}
     # what the pipeline takes beyond the data section comes from elsewhere, named here
     assert option_fields - set(DATA_OPTION_OF.values()) == {"split", "micro_batch_size", "seed", "attention_weight",
-                                                                "context", "objective"}
+                                                                "causal_share", "context", "objective"}
 
 
 def test_data_options_carry_every_data_key_and_the_run_context():
     cfg = from_dict(dict(model="m", dataset="d", data_files=["a.json"], image_folder="imgs", max_length=77,
                          pack="auto", length_policy="drop", skip_bad_rows=True, num_proc=3, data_cache_dir="c",
                          use_data_cache=False, micro_batch_size=5, seed=9, output="out", model_args={"k": 1}))
-    options = cfg.data_options("validation", rank=1, world_size=2, attention_weight=0.25)
+    options = cfg.data_options("validation", rank=1, world_size=2, attention_weight=0.25, causal_share=1.0)
     assert (options.data_files, options.split, options.max_length, options.pack, options.length_policy) == \
         (["a.json"], "validation", 77, "auto", "drop")
     assert (options.skip_bad_rows, options.num_proc, options.cache_dir, options.use_cache) == (True, 3, "c", False)
-    assert (options.micro_batch_size, options.seed, options.attention_weight) == (5, 9, 0.25)
+    assert (options.micro_batch_size, options.seed, options.attention_weight, options.causal_share) == (5, 9, 0.25, 1.0)
     context = options.context
     assert (context.image_folder, context.model_args, context.rank, context.world_size, context.run_dir) == \
         ("imgs", {"k": 1}, 1, 2, "out")

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from xt.cli import cli
 from xt.data import DataOptions, build_dataset
-from xt.data.layout import attention_weight, choose_layout, grouped_cost, packed_cost
+from xt.data.layout import attention_weight, batch_cost, causal_share, choose_layout, grouped_cost, packed_cost
 from xt.plugins import get_registry
 
 try:
@@ -27,6 +27,32 @@ def test_costs_match_a_hand_count():
     assert grouped_cost([4, 4], 2, 1.0, seed=0, step_cost=0) == pytest.approx((8 + 16) / 8)
     # Each batch adds its fixed cost: batches of one sample -> two batches.
     assert grouped_cost([4, 4], 1, 0.0, seed=0, step_cost=10) == pytest.approx((8 + 20) / 8)
+
+
+def test_batch_cost_prices_each_attention_kind_by_hand():
+    # Two rows: samples 3 + 2 (5 tokens) and one sample of 4, padded to 5; one pair costs one token.
+    rows = [[3, 2], [4]]
+    # per sample, causal share 0.5: (9 + 4 + 0) + (16 + 1 for the padding tail) pairs, halved
+    assert batch_cost(rows, 1.0, 0.5, per_sample=True, step_cost=0) == pytest.approx(10 + 15)
+    # the same on a device whose causal kernel computes the whole square
+    assert batch_cost(rows, 1.0, 1.0, per_sample=True, step_cost=0) == pytest.approx(10 + 30)
+    # through a mask (several samples in a row, or padding): two whole 5 x 5 squares, causal or not
+    assert batch_cost(rows, 1.0, 0.5, step_cost=0) == batch_cost(rows, 1.0, 1.0, step_cost=0) == pytest.approx(10 + 50)
+    # unpadded single-sample rows attend causally
+    assert batch_cost([[4], [4]], 1.0, 0.5, step_cost=7) == pytest.approx(7 + 8 + 16)
+    assert causal_share("cpu") == 1.0 and causal_share("cuda") == 0.5
+
+
+def test_the_devices_causal_share_can_change_the_choice():
+    # Samples of 180 to 219 tokens, each length twice: packed two to a 450-token row (about 11% padding) with
+    # per-sample causal attention, or grouped four to a batch (under 1% padding, but every batch padded, so
+    # masked attention over the whole square).
+    lengths = list(range(180, 220)) * 2
+    cuda = choose_layout(lengths, 450, 4, 0.01, step_cost=0, causal=causal_share("cuda"))
+    cpu = choose_layout(lengths, 450, 4, 0.01, step_cost=0, causal=causal_share("cpu"))
+    assert cuda["layout"] == "packed"  # causal kernels skip half of each sample's square
+    assert cpu["layout"] == "grouped"  # the CPU kernel computes all of it: packing's padding decides
+    assert cpu["cost_grouped"] == cuda["cost_grouped"]  # every grouped batch is padded: masked either way
 
 
 def test_short_samples_pack_and_near_full_ones_group():

@@ -181,3 +181,22 @@ def test_per_sample_attention_gives_the_dense_masks_gradients_and_saves_plain_co
     prompt = torch.tensor([samples[0]["input_ids"][:6]])
     plain = _tiny_llama(len(sp_tokenizer), "sdpa").generate(prompt, max_new_tokens=5, do_sample=False)
     assert torch.equal(model.eval().generate(prompt, max_new_tokens=5, do_sample=False), plain)
+
+
+def test_per_sample_attention_finds_the_spans_once_per_forward_pass(monkeypatch, sp_tokenizer):
+    import xt.model.packed
+
+    calls = []
+    found = xt.model.packed.segment_bounds
+    monkeypatch.setattr(xt.model.packed, "segment_bounds", lambda ids: calls.append(ids.shape) or found(ids))
+    model = _tiny_llama(len(sp_tokenizer), PACKED_SDPA)
+    samples = _short_samples(5, sp_tokenizer)
+    batch = make_default_collator(pad_token_id=0)([_pack(samples[:3]), _pack(samples[3:])])
+    with torch.no_grad():
+        first = model(**batch, use_cache=False).logits
+        assert len(calls) == 1  # two layers, one reading of the spans
+        batch["position_ids"][1, :] = torch.arange(batch["position_ids"].shape[1])  # in place: row 2 one sample
+        second = model(**batch, use_cache=False).logits
+    assert len(calls) == 2  # the changed tensor is read again
+    assert (first[0] - second[0]).abs().max().item() <= 1e-6  # row 1 unchanged
+    assert (first[1] - second[1]).abs().max().item() > 1e-3  # row 2's samples now see each other

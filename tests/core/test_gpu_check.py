@@ -148,6 +148,8 @@ def test_every_row_runs_on_the_cpu_with_tiny_shapes(tmp_path):
                 row = rows[(model, "train", method, layout)]
                 assert row["status"] == "ok" and row["tokens_per_s"] > 0, row
                 assert row["mfu"] is None and row["peak_mem_gib"] is None  # no peak FLOP/s or CUDA memory on a CPU
+        if importlib.util.find_spec("bitsandbytes") is not None:  # 4-bit on the CPU too
+            assert all(rows[(model, "train", "qlora", layout)]["status"] == "ok" for layout in ("packed", "padded"))
         logits = rows[(model, "packed_logits", "sdpa", "")]
         assert logits["status"] == "ok" and logits["max_abs_diff"] <= logits["tolerance"], logits
         if importlib.util.find_spec("trl") is not None:  # the bench extra installs it

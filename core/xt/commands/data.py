@@ -51,13 +51,14 @@ def _resolve(dataset_name: str, model_name: str, template_name: str | None,
 
 
 def _options(data_files: tuple[str, ...], split: str, max_length: int, length_policy: str, skip_bad_rows: bool,
-             image_folder: str | None, attention_weight: float = 0.0, **data_keys: Any) -> Any:
+             image_folder: str | None, attention_weight: float = 0.0, causal_share: float = 0.5,
+             **data_keys: Any) -> Any:
     """The data options ``xt train`` would use with these settings (its defaults for the rest)."""
     from xt.config import TrainConfig
 
     cfg = TrainConfig(data_files=list(data_files), max_length=max_length, length_policy=length_policy,
                       skip_bad_rows=skip_bad_rows, image_folder=image_folder, **data_keys)
-    return cfg.data_options(split, attention_weight=attention_weight)
+    return cfg.data_options(split, attention_weight=attention_weight, causal_share=causal_share)
 
 
 def _attention_weight(model_name: str) -> float:
@@ -74,6 +75,15 @@ def _attention_weight(model_name: str) -> float:
             return attention_weight(meta_model(spec.config()))
     except Exception:  # no config callable, or an architecture transformers cannot build
         return 0.0
+
+
+def _causal_share_here() -> float:
+    """The causal-attention share (xt.data.layout) of the device ``xt train`` would use on this machine."""
+    import torch
+
+    from xt.data.layout import causal_share
+
+    return causal_share("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @click.group("data")
@@ -154,6 +164,7 @@ def stats_command(dataset_name: str, model_name: str, template_name: str | None,
     options = _options(data_files, split, max_length, length_policy, skip_bad_rows, image_folder,
                        pack="auto" if auto_layout else pack, micro_batch_size=micro_batch_size,
                        attention_weight=_attention_weight(model_name) if auto_layout else 0.0,
+                       causal_share=_causal_share_here() if auto_layout else 0.5,
                        num_proc=num_proc, data_cache_dir=cache_dir, use_data_cache=not no_cache)
     built = build_dataset(dataset, template, tokenizer, options)
     s = built.stats

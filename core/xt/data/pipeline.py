@@ -50,6 +50,7 @@ class DataOptions:
     pack: bool | str = True  # or "auto": packed rows or length-grouped batches, whichever is estimated cheaper
     micro_batch_size: int = 1  # rows per batch, for the "auto" estimate
     attention_weight: float = 0.0  # cost of an attention pair vs a token, for "auto" (xt.data.layout)
+    causal_share: float = 0.5  # how much of the L x L square causal attention costs on the device, for "auto"
     skip_bad_rows: bool = False
     num_proc: int = 1
     cache_dir: str | None = None
@@ -121,7 +122,8 @@ def build_dataset(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, 
         "skip_bad_rows": options.skip_bad_rows,
     }
     if options.pack == "auto":
-        parts.update(micro_batch_size=options.micro_batch_size, attention_weight=options.attention_weight)
+        parts.update(micro_batch_size=options.micro_batch_size, attention_weight=options.attention_weight,
+                     causal_share=options.causal_share)
     if dataset.pass_context:  # the map sees the context: a different image folder is different data
         parts["context"] = options.context.data_fingerprint()
     if reshapes_rows(options.objective):  # the objective checks rows and makes their sequences
@@ -210,7 +212,7 @@ def _build_rows(dataset: DatasetSpec, template: TemplateSpec, tokenizer: Any, op
     sample_lengths = length_list if groups is None else _group_lengths(length_list, groups)
     capacity = options.max_length * (max(groups, default=1) if groups else 1)
     choice = choose_layout(sample_lengths, capacity, options.micro_batch_size, options.attention_weight,
-                           options.seed) if options.pack == "auto" else None
+                           options.seed, causal=options.causal_share) if options.pack == "auto" else None
     pack = choice["layout"] == "packed" if choice else bool(options.pack)
     rows = pack_best_fit(sample_lengths, capacity) if pack else [[i] for i in range(len(sample_lengths))]
     if groups is not None:

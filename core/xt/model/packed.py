@@ -11,13 +11,19 @@ mask function that skips building the dense mask). Anything that is not a packed
 full-sequence forward (generation with a cache, padded batches, models with sliding windows or
 extra mask overlays) goes through transformers' own sdpa unchanged. The name lives only in the
 in-memory config: transformers does not write ``_attn_implementation`` to ``config.json``.
+
+Every layer gets the same ``position_ids`` tensor, so the spans are found once per forward pass
+(:func:`spans_of`): reading them is the one device-to-host copy the packed path makes, and on a
+GPU each copy waits for all queued work.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 PACKED_SDPA = "xt_packed_sdpa"
+_last_spans: tuple[Any, int, int, list[list[tuple[int, int]]]] | None = None  # (tensor ref, version, rows, spans)
 
 
 def segment_bounds(position_ids: Any) -> list[list[tuple[int, int]]]:
@@ -37,6 +43,19 @@ def segment_bounds(position_ids: Any) -> list[list[tuple[int, int]]]:
     return bounds
 
 
+def spans_of(position_ids: Any, rows: int) -> list[list[tuple[int, int]]]:
+    """:func:`segment_bounds` of ``position_ids`` broadcast to ``rows``, remembered for the same unchanged tensor
+    (the next layer's call) and recomputed for any other."""
+    global _last_spans
+    if _last_spans is not None:
+        ref, version, cached_rows, spans = _last_spans
+        if ref() is position_ids and position_ids._version == version and cached_rows == rows:
+            return spans
+    spans = segment_bounds(position_ids.expand(rows, -1))
+    _last_spans = (weakref.ref(position_ids), position_ids._version, rows, spans)
+    return spans
+
+
 def packed_sdpa_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
                           dropout: float = 0.0, scaling: float | None = None, position_ids: Any = None,
                           **kwargs: Any) -> tuple[Any, None]:
@@ -51,7 +70,7 @@ def packed_sdpa_attention(module: Any, query: Any, key: Any, value: Any, attenti
     length = query.shape[2]
     if attention_mask is not None or position_ids is None or length == 1 or key.shape[2] != length:
         return stock()
-    bounds = segment_bounds(position_ids.expand(query.shape[0], -1))
+    bounds = spans_of(position_ids, query.shape[0])
     if all(len(spans) == 1 for spans in bounds):
         return stock()
     gqa = query.shape[1] != key.shape[1]

@@ -121,13 +121,15 @@ def seed_everything(seed: int) -> None:
 
 
 def build_data(cfg: TrainConfig, dataset_spec: Any, template: Any, tokenizer: Any, rank: int,
-               world: int, attention_weight: float = 0.0, objective: Any = None) -> tuple[Any, Any]:
+               world: int, attention_weight: float = 0.0, objective: Any = None,
+               causal_share: float = 0.5) -> tuple[Any, Any]:
     """(train rows, validation rows or None): the dataset's validation split, else a val_ratio slice."""
     from xt.data import build_dataset
     from xt.train.evaluation import RowSubset
 
     def rows(split: str) -> Any:
-        options = cfg.data_options(split, rank=rank, world_size=world, attention_weight=attention_weight)
+        options = cfg.data_options(split, rank=rank, world_size=world, attention_weight=attention_weight,
+                                   causal_share=causal_share)
         options.objective = objective
         return build_dataset(dataset_spec, template, tokenizer, options, rank=rank, world_size=world)
 
@@ -214,7 +216,7 @@ def setup(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     sibling renamed into place (an ``--overwrite``n run is replaced only then), so a bad name, file
     or setting leaves nothing behind and never costs the old run.
     """
-    from xt.data.layout import attention_weight
+    from xt.data.layout import attention_weight, causal_share
     from xt.data.pipeline import choose_template
     from xt.model.setup import build_model, check_token_ids
     from xt.plugins import get_registry
@@ -250,7 +252,8 @@ def setup(cfg: TrainConfig, *, resume: str | bool | None = None, overwrite: bool
     # 'auto' becomes the template read from the tokenizer's own chat template
     template = choose_template(model_spec, dataset_spec, cfg.template).for_tokenizer(loaded.tokenizer)
     train_rows, val_rows = build_data(cfg, dataset_spec, template, loaded.tokenizer, rank, world,
-                                      attention_weight(loaded.model) if cfg.pack == "auto" else 0.0, objective)
+                                      attention_weight(loaded.model) if cfg.pack == "auto" else 0.0, objective,
+                                      causal_share(dist.device.type))
     check_token_ids(loaded.model, train_rows, val_rows)  # ids past the embedding rows: refused before any write
 
     # ---- batches, schedule, engine
