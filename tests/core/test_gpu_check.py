@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,8 @@ def test_packed_and_padded_batches_hold_the_same_tokens():
     assert restarts >= padded["input_ids"].shape[0]  # one restart per sample (and per pad tail)
 
 
+#: set in this process by earlier tests' in-process training; a child inheriting them would try to join that group
+DISTRIBUTED_VARIABLES = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
 #: what the accelerator image does not have (it has torch, transformers, peft, accelerate and the like)
 NOT_ON_THE_IMAGE = ("datasets", "deepspeed", "bitsandbytes", "trl", "flash_attn")
 
@@ -130,7 +133,8 @@ def cpu_check(tmp_path, hidden: tuple[str, ...] = ()) -> tuple[dict, str]:
             "sys.modules.update(dict.fromkeys(hidden))\n"
             f"sys.argv = {argv!r}\n"
             "runpy.run_path('bench/gpu.py', run_name='__main__')\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_VARIABLES}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     check_schema(report)
