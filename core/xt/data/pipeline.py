@@ -28,7 +28,7 @@ from xt.data.cache import (
     write_error_marker,
 )
 from xt.data.dataset import ProcessedDataset
-from xt.data.layout import choose_layout
+from xt.data.layout import CAUSAL_SHARE_DEFAULT, choose_layout
 from xt.data.load import callable_fingerprint, load_rows, plan_sources
 from xt.data.pack import fill_ratio, pack_best_fit
 from xt.data.process import process_rows, reshapes_rows
@@ -50,7 +50,7 @@ class DataOptions:
     pack: bool | str = True  # or "auto": packed rows or length-grouped batches, whichever is estimated cheaper
     micro_batch_size: int = 1  # rows per batch, for the "auto" estimate
     attention_weight: float = 0.0  # cost of an attention pair vs a token, for "auto" (xt.data.layout)
-    causal_share: float = 0.5  # how much of the L x L square causal attention costs on the device, for "auto"
+    causal_share: float = CAUSAL_SHARE_DEFAULT  # how much of the L x L square causal attention costs, for "auto"
     skip_bad_rows: bool = False
     num_proc: int = 1
     cache_dir: str | None = None
