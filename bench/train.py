@@ -119,16 +119,10 @@ def replayed_tokens(cfg, per_sample: bool = True) -> tuple[list[int], list[int],
 
 
 def priced(data, indices: list[int], weight: float, per_sample: bool) -> float:
-    """``xt.data.layout.batch_cost`` of one micro-batch: its rows' sample lengths, read from where their
-    position_ids restart."""
+    """``xt.data.layout.batch_cost`` of one micro-batch (its rows' segment lengths, this CPU's causal share)."""
     from xt.data.layout import batch_cost, causal_share
 
-    rows = []
-    for i in indices:
-        positions = data[i]["position_ids"]
-        starts = [k for k, p in enumerate(positions) if p == 0] + [len(positions)]
-        rows.append([end - start for start, end in zip(starts, starts[1:])])
-    return batch_cost(rows, weight, causal_share("cpu"), per_sample)
+    return batch_cost([data.segment_lengths(i) for i in indices], weight, causal_share("cpu"), per_sample)
 
 
 def bare_layout(work: Path, steps: int, warmup: int) -> dict:
@@ -178,6 +172,7 @@ def bare_layout(work: Path, steps: int, warmup: int) -> dict:
 def causal_timing(length: int = 512, repeats: int = 20) -> str:
     """One line: CPU seconds of sdpa forward and backward on one sample, causal vs unmasked, one thread."""
     import torch
+    from xt.data.layout import causal_share
 
     torch.set_num_threads(1)
     q, k, v = (torch.randn(1, heads, length, 32, requires_grad=True) for heads in (4, 2, 2))
@@ -193,13 +188,7 @@ def causal_timing(length: int = 512, repeats: int = 20) -> str:
     causal, full = seconds(True), seconds(False)
     return (f"sdpa on this CPU, one sample of {length} tokens, forward and backward, one thread: causal "
             f"{causal * 1e3:.2f} ms, unmasked {full * 1e3:.2f} ms ({causal / full:.2f}x): the cost model counts "
-            f"causal attention here as the whole square (causal share {causal_share_cpu()})")
-
-
-def causal_share_cpu() -> float:
-    from xt.data.layout import causal_share
-
-    return causal_share("cpu")
+            f"causal attention here as the whole square (causal share {causal_share('cpu')})")
 
 
 def run_one(work: Path, layout: str, steps: int, warmup: int) -> None:

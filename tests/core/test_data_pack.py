@@ -52,6 +52,7 @@ def test_alpaca_fill_and_whole_samples(alpaca_packed, alpaca_file, sp_tokenizer)
         assert len(row["input_ids"]) <= 1024
         starts = [j for j, p in enumerate(row["position_ids"]) if p == 0] + [len(row["input_ids"])]
         assert len(starts) - 1 == ds.num_samples(i)
+        assert ds.segment_lengths(i) == [b - a for a, b in zip(starts, starts[1:])]
         for a, b in zip(starts, starts[1:]):
             assert row["position_ids"][a:b] == list(range(b - a))
             assert row["labels"][a] == IGNORE_INDEX  # nothing is learned across the boundary

@@ -79,11 +79,10 @@ def _attention_weight(model_name: str) -> float:
 
 def _causal_share_here() -> float:
     """The causal-attention share (xt.data.layout) of the device ``xt train`` would use on this machine."""
-    import torch
-
     from xt.data.layout import causal_share
+    from xt.train.dist import device_type
 
-    return causal_share("cuda" if torch.cuda.is_available() else "cpu")
+    return causal_share(device_type())
 
 
 @click.group("data")

@@ -117,6 +117,11 @@ class ProcessedDataset(Sequence):
             return int(self.sample_of_sequence[-1]) + 1 if len(self.sample_of_sequence) else 0
         return len(self.sample_offsets) - 1
 
+    def segment_lengths(self, index: int) -> list[int]:
+        """Token lengths of the segments row ``index`` holds (each restarts ``position_ids``), in order."""
+        first, last = int(self.row_segments[index]), int(self.row_segments[index + 1])
+        return np.diff(self.sample_offsets[first:last + 1]).tolist()
+
     def num_samples(self, index: int) -> int:
         """How many samples row ``index`` packs."""
         first, last = int(self.row_segments[index]), int(self.row_segments[index + 1])

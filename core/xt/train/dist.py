@@ -68,6 +68,13 @@ def timeout_message(exc: BaseException) -> str | None:
             f"--resume; raise {TIMEOUT_ENV} if a step can legitimately wait longer.")
 
 
+def device_type() -> str:
+    """The device type training runs on here: "cuda" when torch sees a GPU, else "cpu"."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def init_distributed() -> DistInfo:
     """Join (or, for a single process without a launcher, create) the default process group."""
     import deepspeed
@@ -83,7 +90,7 @@ def init_distributed() -> DistInfo:
         os.environ[SELF_LAUNCH_MARK] = str(os.getpid())
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
+    if device_type() == "cuda":
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
         backend = "nccl"
